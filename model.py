@@ -1,0 +1,504 @@
+"""
+Qwen3 (the dense family, 0.6B to 32B) in one file: config, model, LoRA, Hugging Face checkpoint I/O.
+
+    python model.py --write-tiny ckpt/tiny     # a tiny random checkpoint + tokenizer, for offline runs
+
+Parameter names are Hugging Face's (model.layers.N.self_attn.q_proj.weight, ...), so loading a
+checkpoint is a name-for-name copy and what we save loads in transformers.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B-Base"
+HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+             "tokenizer.json", "tokenizer_config.json"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint we cannot use; the message is one line that names the file or key."""
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> "Config":
+        """Read a Hugging Face config.json dict; refuse the Qwen3 variants this file does not implement."""
+        def refuse(what):
+            raise CheckpointError(f"{source}: unsupported config: {what}")
+        if d.get("model_type") != "qwen3":
+            refuse(f"model_type {d.get('model_type')!r} (only dense 'qwen3' is implemented; no MoE)")
+        if d.get("num_experts") or d.get("num_local_experts"):
+            refuse("mixture of experts")
+        if d.get("use_sliding_window") or any(t != "full_attention" for t in d.get("layer_types") or []):
+            refuse("sliding-window attention")
+        if d.get("attention_bias"):
+            refuse("attention bias")
+        if d.get("hidden_act", "silu") != "silu":
+            refuse(f"hidden_act {d['hidden_act']!r}")
+        # transformers 4 writes rope_theta at top level (the real Qwen3 files), transformers 5 writes
+        # rope_parameters = {rope_theta, rope_type}; anything but plain RoPE is rope scaling.
+        rope = d.get("rope_parameters") or {}
+        if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+            refuse(f"rope scaling {d.get('rope_scaling') or rope}")
+        try:
+            return cls(
+                vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+                num_attention_heads=d["num_attention_heads"],
+                num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+                head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+                rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+                rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+                tie_word_embeddings=d.get("tie_word_embeddings", False),
+                max_position_embeddings=d.get("max_position_embeddings", 32768),
+                bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+        except KeyError as key:
+            raise CheckpointError(f"{source}: missing key {key}") from None
+
+    def to_dict(self, dtype: torch.dtype) -> dict:
+        """A config.json in the style of the published Qwen3 files (rope_theta at top level)."""
+        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **self.__dict__,
+                "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0,
+                "rope_scaling": None, "use_sliding_window": False, "sliding_window": None,
+                "torch_dtype": str(dtype).removeprefix("torch.")}
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        # normalise in float32 (bf16 squares lose too much), scale in the input dtype, as HF does
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Linear(nn.Linear):
+    """nn.Linear without bias, plus an optional LoRA adapter: y = x W^T + (alpha / r) * drop(x) A^T B^T.
+
+    The adapter lives in float32 next to the (possibly bf16) base weight, and B starts at zero, so a fresh
+    adapter changes nothing. Keeping the adapter inside the layer keeps HF's parameter names.
+    """
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.lora_A = self.lora_B = None
+
+    def add_lora(self, rank: int, alpha: float, dropout: float):
+        device = self.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=device))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=device))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # the nn.Linear / peft init
+        self.lora_scale = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)
+        if self.lora_A is None:
+            return y
+        update = F.linear(F.linear(self.lora_dropout(x).to(self.lora_A.dtype), self.lora_A), self.lora_B)
+        return y + (self.lora_scale * update).to(y.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """The weight with the adapter folded in, in float32: (out, in)."""
+        weight = self.weight.detach().float()
+        if self.lora_A is None:
+            return weight
+        return weight + self.lora_scale * (self.lora_B.detach() @ self.lora_A.detach())
+
+
+def rotate_half(x):
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Config, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
+                                                    config.head_dim)
+        self.q_proj = Linear(config.hidden_size, self.heads * self.head_dim)
+        self.k_proj = Linear(config.hidden_size, self.kv_heads * self.head_dim)
+        self.v_proj = Linear(config.hidden_size, self.kv_heads * self.head_dim)
+        self.o_proj = Linear(self.heads * self.head_dim, config.hidden_size)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)  # Qwen3's QK-norm, per head, before RoPE
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache, slots):
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim)).transpose(1, 2)  # (B, KV, T, D)
+        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is not None:
+            # write this step's keys and values into the static cache, attend over the visible slots
+            keys, values = cache.update(self.layer_index, slots, k, v)  # (B, KV, S_max, D)
+            k, v = keys[:, :, :mask.shape[-1]], values[:, :, :mask.shape[-1]]  # (B, KV, S, D)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config, layer_index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache, slots):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """HF's Qwen3Model: the part under the `model.` prefix of the parameter names."""
+    def __init__(self, config: Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Qwen3(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.source = None  # the directory this model was loaded from (for its tokenizer files)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, positions=None, mask=None, cache=None, slots=None, return_hidden=False):
+        """input_ids (B, T) -> logits (B, T, V), or the final hidden states (B, T, H) with return_hidden.
+
+        Without a cache: plain causal attention over the T tokens, positions 0..T-1 by default.
+        With a cache (sample.py): `slots` (T,) are the cache slots this step writes, `positions` (B, T)
+        the rotary positions of each row, and `mask` (B, 1, T, S) a boolean mask over the first S slots.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        x = self.model.embed_tokens(input_ids)  # (B, T, H)
+        # rotary embedding, HF's rotate-half layout, angles in float32
+        half = torch.arange(0, self.config.head_dim, 2, device=x.device, dtype=torch.float32)
+        inverse_frequency = 1.0 / (self.config.rope_theta ** (half / self.config.head_dim))  # (D/2,)
+        angles = positions[..., None].float() * inverse_frequency  # (B, T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D), broadcast over heads
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, cache, slots, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, slots)
+        x = self.model.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+    # --- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str = DEFAULT_MODEL, device=None, dtype=None) -> "Qwen3":
+        """Load a local HF-layout directory or a hub repo id. bf16 on CUDA, float32 on CPU by default."""
+        directory = resolve_checkpoint(path_or_repo_id)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or default_dtype(device)
+        config = Config.from_dict(read_json(directory / "config.json"), str(directory / "config.json"))
+        with torch.device("meta"):  # no memory until the weights arrive
+            model = cls(config)
+        model.to_empty(device=device)
+        if config.tie_word_embeddings:  # to_empty unties: tie again
+            model.lm_head.weight = model.model.embed_tokens.weight
+        load_safetensors(model, directory, dtype)
+        model.source = directory
+        return model.eval()
+
+    def exported_state_dict(self, dtype=torch.float32) -> dict:
+        """HF tensors with LoRA merged in, in `dtype`; lm_head is left out when tied, as HF does."""
+        tensors = {}
+        for name, module in self.named_modules():
+            if isinstance(module, Linear):
+                tensors[name + ".weight"] = module.merged_weight()
+            elif isinstance(module, (RMSNorm, nn.Embedding)):
+                tensors[name + ".weight"] = module.weight.detach()
+        if self.config.tie_word_embeddings:
+            del tensors["lm_head.weight"]
+        return {name: t.to(dtype).contiguous().cpu() for name, t in tensors.items()}
+
+    def save_pretrained(self, out_dir, dtype=torch.float32, max_shard_bytes=5 * 2**30):
+        """Write an HF-layout checkpoint atomically: a half-written save never replaces `out_dir`."""
+        with atomic_directory(out_dir) as staging:
+            self.write_checkpoint(staging, dtype, max_shard_bytes)
+
+    def write_checkpoint(self, directory: Path, dtype=torch.float32, max_shard_bytes=5 * 2**30):
+        """The files of an HF checkpoint into an existing directory (callers stage it; see atomic_directory)."""
+        from safetensors.torch import save_file
+        tensors = self.exported_state_dict(dtype)
+        shards, size = [{}], 0
+        for name, tensor in tensors.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name], size = tensor, size + nbytes
+        if len(shards) == 1:
+            save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, directory / filename, metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(shard, filename))
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            write_json(directory / "model.safetensors.index.json",
+                       {"metadata": {"total_size": total}, "weight_map": weight_map})
+        write_json(directory / "config.json", self.config.to_dict(dtype))
+        for filename in TOKENIZER_FILES:
+            if self.source is not None and (self.source / filename).exists():
+                shutil.copy(self.source / filename, directory / filename)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU has it, float32 elsewhere (CPU, T4 and older cards)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_checkpoint(path_or_repo_id: str) -> Path:
+    """A local directory as is; otherwise a hub repo id, downloaded (config, weights, tokenizer only)."""
+    path, name = Path(path_or_repo_id), str(path_or_repo_id)
+    if path.is_dir():
+        return path
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(f"{name}: not a checkpoint directory (and not a hub repo id)")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as error:
+        raise CheckpointError(f"{name}: not a local directory, and the download from the Hugging "
+                              f"Face hub failed (offline?): {type(error).__name__}") from None
+
+
+def load_safetensors(model: Qwen3, directory: Path, dtype: torch.dtype):
+    """Copy every tensor of the checkpoint into the parameter of the same name, checking shapes."""
+    from safetensors import safe_open
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_json(index).get("weight_map", {})
+    elif (directory / "model.safetensors").exists():
+        weight_map = None
+    else:
+        raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    parameters = dict(model.named_parameters())
+    missing = set(parameters)
+    for filename in files:
+        try:
+            with safe_open(directory / filename, framework="pt") as file:
+                for name in file.keys():
+                    if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight"
+                                                                and model.config.tie_word_embeddings):
+                        continue  # recomputed / tied: not a parameter of ours
+                    if name not in parameters:
+                        raise CheckpointError(f"{directory / filename}: unexpected tensor {name}")
+                    tensor = file.get_tensor(name)
+                    if tensor.shape != parameters[name].shape:
+                        raise CheckpointError(f"{directory / filename}: {name} has shape {tuple(tensor.shape)}, "
+                                              f"expected {tuple(parameters[name].shape)}")
+                    with torch.no_grad():
+                        parameters[name].copy_(tensor.to(dtype))
+                    missing.discard(name)
+        except CheckpointError:
+            raise
+        except Exception as error:  # truncated or corrupt file, or a shard that is not there
+            raise CheckpointError(f"{directory / filename}: cannot read safetensors ({error})") from None
+    if missing:
+        raise CheckpointError(f"{directory}: missing tensor {sorted(missing)[0]} ({len(missing)} missing)")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
+
+
+def write_json(path: Path, data):
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_directory(out_dir):
+    """Yield a staging directory next to `out_dir`; on success it replaces `out_dir` by rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out_dir)
+
+
+def load_tokenizer(path_or_model):
+    """The `tokenizers` tokenizer of a checkpoint directory (or of a loaded model's source directory)."""
+    from tokenizers import Tokenizer
+    directory = path_or_model.source if isinstance(path_or_model, Qwen3) else resolve_checkpoint(path_or_model)
+    if directory is None or not (Path(directory) / "tokenizer.json").exists():
+        raise CheckpointError(f"{directory}: no tokenizer.json")
+    return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+
+# -----------------------------------------------------------------------------
+# LoRA and log-probabilities
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(model: Qwen3, rank: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS) -> list:
+    """Freeze the model and add adapters to the named linear layers; returns the trainable parameters."""
+    model.requires_grad_(False)
+    for name, module in model.named_modules():
+        if isinstance(module, Linear) and name.rsplit(".", 1)[-1] in targets:
+            module.add_lora(rank, alpha, dropout)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
+    """log p(target) at each position from final hidden states: (N, H), (N,) -> (N,) float32.
+
+    The LM head runs on `chunk_size` rows at a time, so at most (chunk_size, V) float32 logits exist at once;
+    with gradients on, each chunk is recomputed in backward instead of keeping its logits.
+    """
+    def chunk_logprobs(h, t):
+        logits = model.lm_head(h).float()  # (chunk, V)
+        return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        if torch.is_grad_enabled() and (h.requires_grad or model.lm_head.weight.requires_grad):
+            pieces.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
+        else:
+            pieces.append(chunk_logprobs(h, t))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+# -----------------------------------------------------------------------------
+# A tiny random checkpoint, for offline runs and tests
+
+
+def tiny_corpus() -> list[str]:
+    """GSM8K-shaped text for training the tiny tokenizer (any text still encodes: byte-level BPE)."""
+    import random
+    rng = random.Random(0)
+    names, things = ["Ann", "Bob", "Cai", "Dee", "Eli"], ["apples", "pens", "books", "coins", "cards"]
+    lines = []
+    for _ in range(400):
+        a, b, who, what = rng.randint(2, 99), rng.randint(2, 99), rng.choice(names), rng.choice(things)
+        lines.append(f"Question: {who} has {a} {what} and buys {b} more. How many {what} does {who} have?\n"
+                     f"Answer: {who} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {what}.\n#### {a + b}")
+    return lines
+
+
+def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int = 64, layers: int = 2,
+               max_position_embeddings: int = 4096):
+    """A random-weight Qwen3 with a byte-level BPE tokenizer trained here (vocab = tokenizer size)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(tiny_corpus(), trainer)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    config = Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden_size,
+                    intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                    max_position_embeddings=max_position_embeddings, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(seed)
+    model = Qwen3(config)
+    for name, parameter in model.named_parameters():
+        if not name.endswith("norm.weight"):
+            nn.init.normal_(parameter, std=0.02)
+    with atomic_directory(out_dir) as staging:
+        model.write_checkpoint(staging)
+        tokenizer.save(str(staging / "tokenizer.json"))
+    return Path(out_dir)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write-tiny", metavar="DIR", required=True, help="write a tiny random checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = write_tiny(args.write_tiny, seed=args.seed)
+    print(f"wrote a tiny random Qwen3 checkpoint to {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,305 @@
+"""
+Sampling with a hand-written static KV cache: the engine that produces the learner's states.
+
+    python sample.py --model ckpt/tiny --prompt "Question: 2 + 3?\nAnswer:" --n 4 --temperature 1 --seed 0
+    python sample.py --prompt "Question: ...\nAnswer:"           # Qwen/Qwen3-0.6B-Base from the hub
+
+A batch of ragged prompts is left-padded, so every row writes the same cache slot at each step:
+row b holds pad[b] padding slots, then its prompt, then its completion. Each row has its own rotary
+positions (slot - pad[b]) and a mask that hides its padding. The prompts are prefilled once and their
+cache is copied n times, so the n samples of a prompt share one prefill.
+
+Sampling is reproducible per prompt: each prompt's random numbers come from a generator seeded by
+(seed, the prompt's tokens), so a prompt gets the same samples alone, in a batch, or on another rank.
+"""
+import argparse
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from model import DEFAULT_MODEL, CheckpointError, Qwen3, load_tokenizer, token_logprobs
+
+
+@dataclass
+class Completion:
+    tokens: list  # generated token ids, including the end-of-text or stop-completing token
+    logprobs: list  # log p(token) under the model at temperature 1, one per token
+    text: str | None  # decoded completion (None without a tokenizer); ends before the stop string
+    finish_reason: str  # "eos", "stop" or "length"
+
+
+class KVCache:
+    """Per layer, keys and values of shape (B, kv_heads, max_len, head_dim), preallocated."""
+    def __init__(self, model: Qwen3, batch_size: int, max_len: int):
+        config, weight = model.config, model.model.embed_tokens.weight
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+                     for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+
+    def update(self, layer: int, slots, k, v):
+        """Write k, v (B, kv_heads, T, head_dim) at `slots` (T,); return the layer's whole buffers."""
+        self.keys[layer].index_copy_(2, slots, k)
+        self.values[layer].index_copy_(2, slots, v)
+        return self.keys[layer], self.values[layer]
+
+    def repeat(self, n: int):
+        """Copy each row n times (n samples of one prompt after a shared prefill)."""
+        self.keys = [k.repeat_interleave(n, dim=0) for k in self.keys]
+        self.values = [v.repeat_interleave(n, dim=0) for v in self.values]
+
+# -----------------------------------------------------------------------------
+# Choosing the next token
+
+
+def prompt_generator(seed: int, prompt: list) -> torch.Generator:
+    """A random stream that depends only on the seed and the prompt's tokens (not on its batch)."""
+    key = zlib.crc32(torch.tensor(prompt, dtype=torch.int64).numpy().tobytes(), seed & 0xFFFFFFFF)
+    return torch.Generator().manual_seed(key)
+
+
+def filter_probabilities(probs, top_k: int, top_p: float):
+    """Keep the top_k most likely tokens, then the smallest set whose mass reaches top_p.
+
+    probs (B, V) -> (kept probs sorted in descending order (B, V), their token ids (B, V)). The token that
+    crosses top_p is kept: a token survives when the mass strictly before it is below top_p.
+    """
+    sorted_probs, token_ids = probs.sort(dim=-1, descending=True)
+    if top_k > 0:
+        sorted_probs[:, top_k:] = 0
+    if top_p < 1.0:
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        sorted_probs[mass_before >= top_p] = 0
+    return sorted_probs, token_ids
+
+
+def choose_tokens(logits, uniforms, temperature: float, top_k: int, top_p: float):
+    """logits (B, V) float32, uniforms (B,) in [0, 1) -> token ids (B,).
+
+    Sampling is by inverse CDF with one uniform number per row, so each row's choice depends only on its
+    own random stream. Temperature 0 is greedy.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    token_ids = None
+    if top_k > 0 or top_p < 1.0:
+        probs, token_ids = filter_probabilities(probs, top_k, top_p)
+    cdf = probs.cumsum(-1)  # (B, V)
+    index = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    index = index.clamp(max=probs.shape[-1] - 1)
+    return index if token_ids is None else token_ids.gather(-1, index[:, None]).squeeze(-1)
+
+# -----------------------------------------------------------------------------
+# Generation
+
+
+@torch.no_grad()
+def generate(model: Qwen3, prompts: list, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, n: int = 1, stop=None, seed: int | None = None, tokenizer=None,
+             eos_token_id=None, batch_size: int | None = None, compile: bool = False) -> list:
+    """Complete each prompt (a list of token ids) n times; returns len(prompts) * n Completions in prompt order.
+
+    `stop` strings end a row when they appear in its decoded text (needs `tokenizer`); the text is cut
+    before the stop string, the tokens keep the token that completed it. `eos_token_id` defaults to
+    the checkpoint's. `batch_size` caps the rows (prompts x n) decoded together; prompts of similar
+    length are batched together. `compile` compiles the fixed-shape decode step (CUDA).
+    """
+    context = model.config.max_position_embeddings
+    for prompt in prompts:
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) + max_new_tokens > context:
+            raise ValueError(f"prompt of {len(prompt)} tokens + {max_new_tokens} new tokens exceeds the "
+                             f"model's context of {context} tokens")
+    if stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer")
+    eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    prompts_per_batch = max(1, (batch_size or len(prompts) * n) // n)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # little padding per batch
+    results = [None] * len(prompts)
+    for start in range(0, len(order), prompts_per_batch):
+        chunk = order[start:start + prompts_per_batch]
+        completions = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, temperature, top_k,
+                                     top_p, n, stop, seed, tokenizer, eos_ids, compile)
+        for j, i in enumerate(chunk):
+            results[i] = completions[j * n:(j + 1) * n]
+    return [completion for group in results for completion in group]
+
+
+def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n, stop, seed, tokenizer,
+                   eos_ids, compile):
+    device = model.model.embed_tokens.weight.device
+    P = max(len(p) for p in prompts)  # prompt slots; row b's prompt sits in slots pad[b]..P-1
+    max_len = P + max_new_tokens
+    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
+    input_ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
+    slots = torch.arange(max_len, device=device)  # (S,)
+
+    # --- prefill: every prompt once; a padding slot attends only to itself (no empty softmax rows)
+    cache = KVCache(model, len(prompts), max_len)
+    query, key = slots[:P, None], slots[None, :P]
+    real_key = key >= pad[:, None, None]  # (B, 1, P)
+    mask = ((key <= query) & (real_key | (key == query)))[:, None]  # (B, 1, P, P)
+    positions = (slots[None, :P] - pad[:, None]).clamp(min=0)  # (B, P)
+    hidden = model(input_ids, positions, mask, cache, slots[:P], return_hidden=True)[:, -1:]  # (B, 1, H)
+
+    # --- n samples per prompt share the prefill: copy cache rows, pads, and the last hidden state
+    cache.repeat(n)
+    pad, hidden = pad.repeat_interleave(n), hidden.repeat_interleave(n, dim=0)
+    rows = len(prompts) * n
+    uniforms = torch.zeros(rows, max_new_tokens)  # (B*n, new): each prompt's stream, drawn up front
+    if temperature > 0:
+        for i, prompt in enumerate(prompts):
+            generator = prompt_generator(seed, prompt) if seed is not None else None
+            uniforms[i * n:(i + 1) * n] = torch.rand(n, max_new_tokens, generator=generator)
+    uniforms = uniforms.to(device)
+    step_function = compiled_decode(model) if compile else model
+
+    tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)  # (B*n, new)
+    logprobs = torch.zeros(rows, max_new_tokens, device=device)
+    length = [max_new_tokens] * rows  # where each row stopped growing
+    reasons = ["length"] * rows
+    texts = [None] * rows
+    for step in range(max_new_tokens):
+        logits = model.lm_head(hidden[:, 0]).float()  # (B*n, V)
+        chosen = choose_tokens(logits, uniforms[:, step], temperature, top_k, top_p)  # (B*n,)
+        tokens[:, step] = chosen
+        logprobs[:, step] = torch.log_softmax(logits, -1).gather(-1, chosen[:, None]).squeeze(-1)
+        if finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) or step == max_new_tokens - 1:
+            break
+        slot = P + step
+        width = max_len if compile else slot + 1  # compiled: fixed shapes, mask over all slots
+        mask = (slots[None, :width] >= pad[:, None])[:, None, None]  # (B*n, 1, 1, width)
+        positions = (slot - pad)[:, None]  # (B*n, 1)
+        hidden = step_function(chosen[:, None], positions, mask, cache, slots[slot:slot + 1], return_hidden=True)
+
+    tokens, logprobs = tokens.tolist(), logprobs.tolist()
+    completions = []
+    for row in range(rows):
+        ids = tokens[row][:length[row]]
+        text = texts[row]
+        if text is None and tokenizer is not None:
+            text = tokenizer.decode(ids)
+        completions.append(Completion(ids, logprobs[row][:length[row]], text, reasons[row]))
+    return completions
+
+
+def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) -> bool:
+    """Mark rows that just produced end-of-text or a stop string; True when every row is done."""
+    running = [row for row in range(len(length)) if reasons[row] == "length"]
+    newest = tokens[:, step].tolist()
+    for row in running:
+        if newest[row] in eos_ids:
+            length[row], reasons[row] = step + 1, "eos"
+    if stop:
+        running = [row for row in running if reasons[row] == "length"]
+        decoded = tokenizer.decode_batch(tokens[running, :step + 1].tolist()) if running else []
+        for row, text in zip(running, decoded):
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut >= 0:
+                length[row], reasons[row], texts[row] = step + 1, "stop", text[:cut]
+    return all(reason != "length" for reason in reasons)
+
+
+def compiled_decode(model: Qwen3):
+    """The model's forward compiled for one-token decode steps: fixed shapes, CUDA graphs."""
+    if getattr(model, "compiled_forward", None) is None:
+        model.compiled_forward = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    return model.compiled_forward
+
+# -----------------------------------------------------------------------------
+# Scoring given sequences
+
+
+@torch.no_grad()
+def score(model: Qwen3, requests: list, batch_size: int = 16) -> list:
+    """Log-probabilities of continuations: requests are (context ids, continuation ids) pairs.
+
+    Returns, per request, the list of log p(continuation token | everything before it). Requests whose
+    model input (context + continuation[:-1]) is the same share one forward: the four one-token answers
+    of an MMLU question cost one forward of the question.
+    """
+    context = model.config.max_position_embeddings
+    device = model.model.embed_tokens.weight.device
+    rows, targets = {}, []  # input tuple -> row index; per request: (row, first position, tokens)
+    for context_ids, continuation_ids in requests:
+        if not context_ids or not continuation_ids:
+            raise ValueError("score needs a non-empty context and continuation")
+        inputs = tuple(context_ids) + tuple(continuation_ids[:-1])
+        if len(inputs) > context:
+            raise ValueError(f"sequence of {len(inputs)} tokens exceeds the model's context of {context}")
+        row = rows.setdefault(inputs, len(rows))
+        targets.append((row, len(context_ids) - 1, list(continuation_ids)))
+    inputs = list(rows)
+    by_row = [[] for _ in inputs]
+    for index, (row, _, _) in enumerate(targets):
+        by_row[row].append(index)
+    results = [None] * len(requests)
+    order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        T = max(len(inputs[r]) for r in batch)
+        ids = torch.tensor([list(inputs[r]) + [0] * (T - len(inputs[r])) for r in batch], device=device)
+        hidden = model(ids, return_hidden=True)  # (b, T, H); right padding does not reach earlier tokens
+        picks = [(j, index) for j, r in enumerate(batch) for index in by_row[r]]
+        batch_rows, positions, wanted = [], [], []
+        for j, index in picks:
+            _, first, continuation = targets[index]
+            batch_rows += [j] * len(continuation)
+            positions += range(first, first + len(continuation))
+            wanted += continuation
+        values = token_logprobs(model, hidden[batch_rows, positions],
+                                torch.tensor(wanted, device=device)).tolist()
+        offset = 0
+        for _, index in picks:
+            count = len(targets[index][2])
+            results[index], offset = values[offset:offset + count], offset + count
+    return results
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub repo id")
+    parser.add_argument("--prompt", required=True, help="prompt text (\\n is a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 keeps all tokens")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--n", type=int, default=1, help="samples of the prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA)")
+    args = parser.parse_args()
+    model = Qwen3.from_pretrained(args.model)
+    tokenizer = load_tokenizer(model)
+    prompt = tokenizer.encode(args.prompt.replace("\\n", "\n")).ids
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, n=args.n, stop=args.stop, seed=args.seed, tokenizer=tokenizer,
+                   compile=args.compile)
+    if args.compile:
+        started = time.perf_counter()
+        generate(model, [prompt], **options)  # the first call compiles
+        print(f"compile (first call): {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    completions = generate(model, [prompt], **options)
+    seconds = time.perf_counter() - started
+    for i, completion in enumerate(completions):
+        print(f"--- sample {i} ({completion.finish_reason}, {len(completion.tokens)} tokens)")
+        print(args.prompt.replace("\\n", "\n") + completion.text)
+    total = sum(len(c.tokens) for c in completions)
+    print(f"--- {total} tokens in {seconds:.2f} s: {total / seconds:.1f} tokens/s")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (CheckpointError, ValueError) as error:
+        sys.exit(f"error: {error}")

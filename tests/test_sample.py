@@ -1,0 +1,190 @@
+"""sample.py: cached generation against full forwards and transformers, sampling controls, stops, scoring."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import reference_checkpoint
+from model import Qwen3, load_tokenizer
+from sample import choose_tokens, filter_probabilities, generate, score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_checkpoint):
+    """The tiny checkpoint with larger random weights, so greedy text varies and logits are peaked."""
+    model = Qwen3.from_pretrained(tiny_checkpoint)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                parameter.normal_(0, 0.3)
+    return model, load_tokenizer(model)
+
+
+def prompts_of(tokenizer):
+    texts = ["Question: Ann has 3 apples and buys 4 more.\nAnswer:", "Question: hi", "12 + 7 ="]
+    return [tokenizer.encode(text).ids for text in texts]
+
+
+def greedy_without_cache(model, prompt, steps):
+    """The reference: an argmax loop over full forwards of the growing sequence, with the top-two margins."""
+    ids, margins = list(prompt), []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids]))[0, -1]
+            top = logits.topk(2).values
+            margins.append((top[0] - top[1]).item())
+            ids.append(logits.argmax().item())
+    return ids[len(prompt):], margins
+
+
+def agree_while_clear(actual, expected, margins, clear=1e-3):
+    """Tokens are equal up to the first step whose top-two logit margin is too small to call."""
+    for a, e, margin in zip(actual, expected, margins):
+        if margin < clear:
+            return True
+        if a != e:
+            return False
+    return True
+
+
+def test_greedy_equals_full_forward_loop_and_ragged_batch(lively):
+    model, tokenizer = lively
+    prompts = prompts_of(tokenizer)
+    batched = generate(model, prompts, max_new_tokens=24, eos_token_id=-1)
+    for prompt, completion in zip(prompts, batched):
+        expected, margins = greedy_without_cache(model, prompt, 24)
+        assert agree_while_clear(completion.tokens, expected, margins)
+        alone = generate(model, [prompt], max_new_tokens=24, eos_token_id=-1)[0]
+        assert agree_while_clear(completion.tokens, alone.tokens, margins)
+        assert completion.finish_reason == "length" and len(completion.tokens) == 24
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+    reference = reference_checkpoint(tmp_path, tie=False, heads=8, kv_heads=2, head_dim=16, hidden=96)
+    ours = Qwen3.from_pretrained(tmp_path)
+    prompt = torch.randint(0, 300, (1, 13), generator=torch.Generator().manual_seed(3))
+    expected = reference.generate(prompt, max_new_tokens=30, do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)[0, 13:].tolist()
+    actual = generate(ours, [prompt[0].tolist()], max_new_tokens=30, eos_token_id=-1)[0].tokens
+    _, margins = greedy_without_cache(ours, prompt[0].tolist(), 30)
+    assert agree_while_clear(actual, expected, margins)
+    assert actual[:5] == expected[:5]
+
+
+def test_logprobs_equal_a_separate_full_forward(lively):
+    model, tokenizer = lively
+    prompts = prompts_of(tokenizer)
+    completions = generate(model, prompts, max_new_tokens=12, temperature=1.0, n=2, seed=5, eos_token_id=-1)
+    for index, completion in enumerate(completions):
+        prompt = prompts[index // 2]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + completion.tokens]))[0]
+        expected = torch.log_softmax(logits[len(prompt) - 1:-1], -1)[torch.arange(12), completion.tokens]
+        assert (torch.tensor(completion.logprobs) - expected).abs().max() <= 1e-4
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(lively):
+    model, tokenizer = lively
+    prompts = prompts_of(tokenizer)
+    options = dict(max_new_tokens=10, temperature=1.0, n=3, seed=7, eos_token_id=-1)
+    batched = generate(model, prompts, **options)
+    for index, prompt in enumerate(prompts):
+        alone = generate(model, [prompt], **options)
+        assert [c.tokens for c in alone] == [c.tokens for c in batched[3 * index:3 * index + 3]]
+    group = [c.tokens for c in batched[:3]]
+    assert len(set(map(tuple, group))) > 1  # the n samples of a prompt differ from each other
+    assert [c.tokens for c in generate(model, prompts, **options)] == [c.tokens for c in batched]
+    other_seed = generate(model, prompts, **{**options, "seed": 8})
+    assert [c.tokens for c in other_seed] != [c.tokens for c in batched]
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
+    kept, ids = filter_probabilities(probs.clone(), top_k=2, top_p=1.0)
+    assert ids[0, :2].tolist() == [1, 3] and kept[0].tolist() == pytest.approx([0.4, 0.3, 0, 0])
+    # top-p 0.7: 0.4 (mass before 0) and 0.3 (mass before 0.4) reach 0.7 exactly; 0.2 is not needed
+    kept, ids = filter_probabilities(probs.clone(), top_k=0, top_p=0.7)
+    assert kept[0].tolist() == pytest.approx([0.4, 0.3, 0, 0])
+    # top-p 0.75: the token that crosses p (0.2, mass before 0.7) is kept
+    kept, ids = filter_probabilities(probs.clone(), top_k=0, top_p=0.75)
+    assert kept[0].tolist() == pytest.approx([0.4, 0.3, 0.2, 0])
+    # top-p smaller than the top token keeps the top token only
+    kept, _ = filter_probabilities(probs.clone(), top_k=0, top_p=0.1)
+    assert kept[0].tolist() == pytest.approx([0.4, 0, 0, 0])
+
+
+def test_sampled_frequencies_follow_the_filtered_distribution():
+    logits = torch.log(torch.tensor([0.1, 0.4, 0.2, 0.3])).expand(40000, 4)
+    uniforms = torch.rand(40000, generator=torch.Generator().manual_seed(0))
+
+    def frequencies(**options):
+        chosen = choose_tokens(logits, uniforms, **options)
+        return (torch.bincount(chosen, minlength=4).float() / len(chosen)).tolist()
+    assert frequencies(temperature=1.0, top_k=0, top_p=1.0) == pytest.approx([0.1, 0.4, 0.2, 0.3], abs=0.01)
+    assert frequencies(temperature=1.0, top_k=2, top_p=1.0) == pytest.approx([0, 4 / 7, 0, 3 / 7], abs=0.01)
+    assert frequencies(temperature=1.0, top_k=0, top_p=0.75) == pytest.approx([0, 4 / 9, 2 / 9, 3 / 9], abs=0.01)
+    assert frequencies(temperature=1.0, top_k=1, top_p=1.0) == [0, 1, 0, 0]  # top-k 1 is greedy
+    assert frequencies(temperature=0.0, top_k=0, top_p=1.0) == [0, 1, 0, 0]
+    # temperature 0.5 squares the probabilities before renormalising
+    squared = torch.tensor([0.01, 0.16, 0.04, 0.09])
+    expected = (squared / squared.sum()).tolist()
+    assert frequencies(temperature=0.5, top_k=0, top_p=1.0) == pytest.approx(expected, abs=0.01)
+
+
+def test_stop_strings_and_end_of_text(lively):
+    model, tokenizer = lively
+    prompt = prompts_of(tokenizer)[0]
+    free = generate(model, [prompt], max_new_tokens=30, tokenizer=tokenizer, eos_token_id=-1)[0]
+    text = free.text
+    stop = text[12:15]  # a stop string that first appears at character 12 or earlier
+    first = text.find(stop)
+    stopped = generate(model, [prompt], max_new_tokens=30, tokenizer=tokenizer, eos_token_id=-1, stop=[stop])[0]
+    assert stopped.finish_reason == "stop" and stopped.text == text[:first]
+    # the tokens end with the token that completed the stop string: one fewer would not contain it
+    assert stop in tokenizer.decode(stopped.tokens) and stop not in tokenizer.decode(stopped.tokens[:-1])
+    assert stopped.tokens == free.tokens[:len(stopped.tokens)]
+    # end of text: the first occurrence of the 5th token ends the row, and is kept in tokens
+    eos = free.tokens[4]
+    ended = generate(model, [prompt], max_new_tokens=30, eos_token_id=eos)[0]
+    assert ended.finish_reason == "eos" and ended.tokens == free.tokens[:free.tokens.index(eos) + 1]
+    # a row that finished early stops growing while the others go on
+    both = generate(model, [prompt, prompts_of(tokenizer)[1]], max_new_tokens=30, eos_token_id=eos)
+    assert both[0].tokens == ended.tokens
+
+
+def test_max_new_tokens_and_context_limit(lively):
+    model, tokenizer = lively
+    prompt = prompts_of(tokenizer)[0]
+    assert len(generate(model, [prompt], max_new_tokens=3, eos_token_id=-1)[0].tokens) == 3
+    too_long = [1] * (model.config.max_position_embeddings - 2)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        generate(model, [too_long], max_new_tokens=3)
+
+
+def test_score_equals_full_forward(lively):
+    model, tokenizer = lively
+    prompts = prompts_of(tokenizer)
+    requests = [(prompts[0], [5, 6, 7]), (prompts[1], [9]), (prompts[1], [10]), (prompts[2], [11, 12])]
+    results = score(model, requests, batch_size=2)
+    for (context, continuation), values in zip(requests, results):
+        with torch.no_grad():
+            logits = model(torch.tensor([context + continuation]))[0]
+        positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1)
+        expected = torch.log_softmax(logits[positions], -1)[torch.arange(len(continuation)), continuation]
+        assert torch.tensor(values) == pytest.approx(expected, abs=1e-4)
+
+
+def test_cli(tiny_checkpoint):
+    result = subprocess.run([sys.executable, "sample.py", "--model", str(tiny_checkpoint), "--prompt",
+                             "Question: 2 + 3?\\nAnswer:", "--n", "2", "--temperature", "1", "--max-new-tokens", "8"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "sample 1" in result.stdout and "tokens/s" in result.stdout
+    bad = subprocess.run([sys.executable, "sample.py", "--model", "/no/such/dir", "--prompt", "x"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "not a checkpoint" in bad.stderr
