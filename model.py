@@ -1,5 +1,6 @@
 """
-Qwen3 (the dense family, 0.6B to 32B) in one file: config, model, LoRA, Hugging Face checkpoint I/O.
+Qwen3 (the dense family, 0.6B to 32B) in one file: config, model, LoRA, log-probabilities, and
+loading and saving Hugging Face checkpoints (the file formats themselves are in checkpoint.py).
 
     python model.py --write-tiny ckpt/tiny     # a tiny random checkpoint + tokenizer, for offline runs
 
@@ -7,9 +8,7 @@ Parameter names are Hugging Face's (model.layers.N.self_attn.q_proj.weight, ...)
 checkpoint is a name-for-name copy and what we save loads in transformers.
 """
 import argparse
-import json
 import math
-import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -21,14 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_MODEL = "Qwen/Qwen3-0.6B-Base"
-HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-             "tokenizer.json", "tokenizer_config.json"]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint we cannot use; the message is one line that names the file or key."""
+from checkpoint import (DEFAULT_MODEL, TOKENIZER_FILES, CheckpointError, atomic_directory, load_safetensors,
+                        read_json, resolve_checkpoint, train_tiny_tokenizer, write_json, write_safetensors)
 
 # -----------------------------------------------------------------------------
 # Config
@@ -260,7 +253,10 @@ class Qwen3(nn.Module):
         model.to_empty(device=device)
         if config.tie_word_embeddings:  # to_empty unties: tie again
             model.lm_head.weight = model.model.embed_tokens.weight
-        load_safetensors(model, directory, dtype)
+
+        def skip(name):  # recomputed (rotary frequencies), or the embedding itself (a tied lm_head)
+            return name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and config.tie_word_embeddings)
+        load_safetensors(dict(model.named_parameters()), directory, dtype, skip)
         model.source = directory
         return model.eval()
 
@@ -283,26 +279,7 @@ class Qwen3(nn.Module):
 
     def write_checkpoint(self, directory: Path, dtype=torch.float32, max_shard_bytes=5 * 2**30):
         """The files of an HF checkpoint into an existing directory (callers stage it; see atomic_directory)."""
-        from safetensors.torch import save_file
-        tensors = self.exported_state_dict(dtype)
-        shards, size = [{}], 0
-        for name, tensor in tensors.items():
-            nbytes = tensor.numel() * tensor.element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][name], size = tensor, size + nbytes
-        if len(shards) == 1:
-            save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards):
-                filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, directory / filename, metadata={"format": "pt"})
-                weight_map.update(dict.fromkeys(shard, filename))
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            write_json(directory / "model.safetensors.index.json",
-                       {"metadata": {"total_size": total}, "weight_map": weight_map})
+        write_safetensors(self.exported_state_dict(dtype), directory, max_shard_bytes)
         write_json(directory / "config.json", self.config.to_dict(dtype))
         for filename in TOKENIZER_FILES:
             if self.source is not None and (self.source / filename).exists():
@@ -315,101 +292,6 @@ def default_dtype(device: torch.device) -> torch.dtype:
         return torch.bfloat16
     return torch.float32
 
-
-def resolve_checkpoint(path_or_repo_id: str) -> Path:
-    """A local directory as is; otherwise a hub repo id, downloaded (config, weights, tokenizer only)."""
-    path, name = Path(path_or_repo_id), str(path_or_repo_id)
-    if path.is_dir():
-        return path
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise CheckpointError(f"{name}: not a checkpoint directory (and not a hub repo id)")
-    from huggingface_hub import snapshot_download
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
-    except Exception as error:
-        raise CheckpointError(f"{name}: not a local directory, and the download from the Hugging "
-                              f"Face hub failed (offline?): {type(error).__name__}") from None
-
-
-def load_safetensors(model: Qwen3, directory: Path, dtype: torch.dtype):
-    """Copy every tensor of the checkpoint into the parameter of the same name, checking shapes."""
-    from safetensors import safe_open
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = read_json(index).get("weight_map", {})
-    elif (directory / "model.safetensors").exists():
-        weight_map = None
-    else:
-        raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
-    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
-    parameters = dict(model.named_parameters())
-    missing = set(parameters)
-    for filename in files:
-        try:
-            with safe_open(directory / filename, framework="pt") as file:
-                for name in file.keys():
-                    if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight"
-                                                                and model.config.tie_word_embeddings):
-                        continue  # recomputed / tied: not a parameter of ours
-                    if name not in parameters:
-                        raise CheckpointError(f"{directory / filename}: unexpected tensor {name}")
-                    tensor = file.get_tensor(name)
-                    if tensor.shape != parameters[name].shape:
-                        raise CheckpointError(f"{directory / filename}: {name} has shape {tuple(tensor.shape)}, "
-                                              f"expected {tuple(parameters[name].shape)}")
-                    with torch.no_grad():
-                        parameters[name].copy_(tensor.to(dtype))
-                    missing.discard(name)
-        except CheckpointError:
-            raise
-        except Exception as error:  # truncated or corrupt file, or a shard that is not there
-            raise CheckpointError(f"{directory / filename}: cannot read safetensors ({error})") from None
-    if missing:
-        raise CheckpointError(f"{directory}: missing tensor {sorted(missing)[0]} ({len(missing)} missing)")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
-
-
-def write_json(path: Path, data):
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
-
-
-@contextmanager
-def atomic_directory(out_dir):
-    """Yield a staging directory next to `out_dir`; on success it replaces `out_dir` by rename."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out_dir)
-
-
-def load_tokenizer(path_or_model):
-    """The `tokenizers` tokenizer of a checkpoint directory (or of a loaded model's source directory)."""
-    from tokenizers import Tokenizer
-    directory = path_or_model.source if isinstance(path_or_model, Qwen3) else resolve_checkpoint(path_or_model)
-    if directory is None or not (Path(directory) / "tokenizer.json").exists():
-        raise CheckpointError(f"{directory}: no tokenizer.json")
-    return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
 
 # -----------------------------------------------------------------------------
 # LoRA and log-probabilities
@@ -425,6 +307,20 @@ def add_lora(model: Qwen3, rank: int, alpha: float, dropout: float = 0.0, target
         if isinstance(module, Linear) and name.rsplit(".", 1)[-1] in targets:
             module.add_lora(rank, alpha, dropout)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextmanager
+def lora_disabled(model: Qwen3):
+    """The model as it was before its adapters: the frozen starting point of a LoRA run."""
+    adapted = [m for m in model.modules() if isinstance(m, Linear) and m.lora_A is not None]
+    scales = [m.lora_scale for m in adapted]
+    for module in adapted:
+        module.lora_scale = 0.0
+    try:
+        yield model
+    finally:
+        for module, scale in zip(adapted, scales):
+            module.lora_scale = scale
 
 
 def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
@@ -449,29 +345,10 @@ def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, ch
 # A tiny random checkpoint, for offline runs and tests
 
 
-def tiny_corpus() -> list[str]:
-    """GSM8K-shaped text for training the tiny tokenizer (any text still encodes: byte-level BPE)."""
-    import random
-    rng = random.Random(0)
-    names, things = ["Ann", "Bob", "Cai", "Dee", "Eli"], ["apples", "pens", "books", "coins", "cards"]
-    lines = []
-    for _ in range(400):
-        a, b, who, what = rng.randint(2, 99), rng.randint(2, 99), rng.choice(names), rng.choice(things)
-        lines.append(f"Question: {who} has {a} {what} and buys {b} more. How many {what} does {who} have?\n"
-                     f"Answer: {who} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {what}.\n#### {a + b}")
-    return lines
-
-
 def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int = 64, layers: int = 2,
                max_position_embeddings: int = 4096):
     """A random-weight Qwen3 with a byte-level BPE tokenizer trained here (vocab = tokenizer size)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(tiny_corpus(), trainer)
+    tokenizer = train_tiny_tokenizer(vocab_size)
     eos = tokenizer.token_to_id("<|endoftext|>")
     config = Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden_size,
                     intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=4,

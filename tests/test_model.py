@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from transformers import Qwen3ForCausalLM
 
 from conftest import reference_checkpoint
-from model import CheckpointError, Qwen3, add_lora, load_tokenizer, token_logprobs
+from checkpoint import CheckpointError, load_tokenizer
+from model import Qwen3, add_lora, token_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

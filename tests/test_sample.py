@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import reference_checkpoint
-from model import Qwen3, load_tokenizer
+from checkpoint import load_tokenizer
+from model import Qwen3
 from sample import choose_tokens, filter_probabilities, generate, score
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,168 @@
+"""
+Checkpoints in Hugging Face layout: find or download them, read and write safetensors (one file or
+shards), write a directory atomically, load the tokenizer. model.py builds on these.
+
+A checkpoint directory holds config.json, model.safetensors (or model-0000N-of-0000M.safetensors
+with model.safetensors.index.json) and tokenizer.json (+ tokenizer_config.json,
+generation_config.json when the source had them).
+"""
+import json
+import os
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "Qwen/Qwen3-0.6B-Base"
+HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+             "tokenizer.json", "tokenizer_config.json"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint we cannot use; the message is one line that names the file or key."""
+
+
+def resolve_checkpoint(path_or_repo_id: str) -> Path:
+    """A local directory as is; otherwise a hub repo id, downloaded (config, weights, tokenizer only)."""
+    path, name = Path(path_or_repo_id), str(path_or_repo_id)
+    if path.is_dir():
+        return path
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise CheckpointError(f"{name}: not a checkpoint directory (and not a hub repo id)")
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as error:
+        raise CheckpointError(f"{name}: not a local directory, and the download from the Hugging "
+                              f"Face hub failed (offline?): {type(error).__name__}") from None
+
+
+def load_safetensors(parameters: dict, directory: Path, dtype: torch.dtype, skip=lambda name: False):
+    """Copy every tensor of the checkpoint into the parameter of the same name, checking shapes.
+
+    `parameters` maps HF names to tensors; tensors for which skip(name) is true are not read."""
+    from safetensors import safe_open
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_json(index).get("weight_map", {})
+    elif (directory / "model.safetensors").exists():
+        weight_map = None
+    else:
+        raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    missing = set(parameters)
+    for filename in files:
+        try:
+            with safe_open(directory / filename, framework="pt") as file:
+                for name in file.keys():
+                    if skip(name):
+                        continue
+                    if name not in parameters:
+                        raise CheckpointError(f"{directory / filename}: unexpected tensor {name}")
+                    tensor = file.get_tensor(name)
+                    if tensor.shape != parameters[name].shape:
+                        raise CheckpointError(f"{directory / filename}: {name} has shape {tuple(tensor.shape)}, "
+                                              f"expected {tuple(parameters[name].shape)}")
+                    with torch.no_grad():
+                        parameters[name].copy_(tensor.to(dtype))
+                    missing.discard(name)
+        except CheckpointError:
+            raise
+        except Exception as error:  # truncated or corrupt file, or a shard that is not there
+            raise CheckpointError(f"{directory / filename}: cannot read safetensors ({error})") from None
+    if missing:
+        raise CheckpointError(f"{directory}: missing tensor {sorted(missing)[0]} ({len(missing)} missing)")
+
+
+def write_safetensors(tensors: dict, directory: Path, max_shard_bytes: int):
+    """One model.safetensors, or shards of at most `max_shard_bytes` and their index, as HF writes them."""
+    from safetensors.torch import save_file
+    shards, size = [{}], 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name], size = tensor, size + nbytes
+    if len(shards) == 1:
+        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / filename, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, filename))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    write_json(directory / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
+
+
+def write_json(path: Path, data):
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_directory(out_dir):
+    """Yield a staging directory next to `out_dir`; on success it replaces `out_dir` by rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out_dir)
+
+
+def load_tokenizer(path_or_model):
+    """The `tokenizers` tokenizer of a checkpoint directory (or of a loaded model's source directory)."""
+    from tokenizers import Tokenizer
+    # a loaded model (it knows its source directory), a directory, or a hub repo id
+    directory = path_or_model.source if hasattr(path_or_model, "source") else resolve_checkpoint(path_or_model)
+    if directory is None or not (Path(directory) / "tokenizer.json").exists():
+        raise CheckpointError(f"{directory}: no tokenizer.json")
+    return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+
+
+def tiny_corpus() -> list[str]:
+    """GSM8K-shaped text for training the tiny tokenizer (any text still encodes: byte-level BPE)."""
+    rng = random.Random(0)
+    names, things = ["Ann", "Bob", "Cai", "Dee", "Eli"], ["apples", "pens", "books", "coins", "cards"]
+    lines = []
+    for _ in range(400):
+        a, b, who, what = rng.randint(2, 99), rng.randint(2, 99), rng.choice(names), rng.choice(things)
+        lines.append(f"Question: {who} has {a} {what} and buys {b} more. How many {what} does {who} have?\n"
+                     f"Answer: {who} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {what}.\n#### {a + b}")
+    return lines
+
+
+def train_tiny_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained here on GSM8K-shaped text, with <|endoftext|> as its special token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(tiny_corpus(), trainer)
+    return tokenizer
