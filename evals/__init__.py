@@ -1,0 +1,114 @@
+"""
+Plain-Python graders for GSM8K, TruthfulQA and MMLU, following lm-evaluation-harness's protocols.
+
+    python -m evals ckpt/sft_mild                      # all three tasks, zero-shot, data from the hub
+    python -m evals ckpt/tiny --data-dir ../shared/data --limit 50 --shots 5
+
+One file per task (gsm8k.py, truthfulqa.py, mmlu.py) and the command line in __main__.py. This file
+holds what the tasks share: reading data files (local or from the hub), the standard errors, and
+lm-eval's rule for tokenizing a context and its continuation.
+"""
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Benchmark data we cannot use; the message is one line naming the file (and line)."""
+
+# -----------------------------------------------------------------------------
+# Data: a local file in the --data-dir layout, or parquet files from the Hugging Face hub
+
+
+def data_file(data_dir, relative: str) -> Path:
+    """DATA_DIR/relative, or a one-line error when it is missing."""
+    path = Path(data_dir) / relative
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected the --data-dir layout, see README)")
+    return path
+
+
+def hub_rows(repo_id: str, pattern: str) -> list:
+    """Rows (dicts) of the parquet files of a hub dataset repo matching `pattern`, in file-name order.
+
+    The files are found by glob, never by hard-coded names; huggingface_hub caches the download.
+    """
+    import huggingface_hub
+    import pyarrow.parquet
+    try:
+        folder = huggingface_hub.snapshot_download(repo_id, repo_type="dataset", allow_patterns=[pattern])
+    except Exception as error:  # offline, unknown repo, ...: any failure is one line for the user
+        raise DataError(f"cannot download {repo_id} ({pattern}) from the Hugging Face hub "
+                        f"({type(error).__name__}; offline?); pass --data-dir DIR with local copies") from None
+    files = sorted(Path(folder).glob(pattern))
+    if not files:
+        raise DataError(f"{repo_id}: no files match {pattern} in the downloaded snapshot {folder}")
+    rows = []
+    for file in files:
+        rows += pyarrow.parquet.read_table(file).to_pylist()
+    return rows
+
+
+def subset_text(total: int, limit) -> str:
+    """What --limit took, for the results file."""
+    return "all" if limit is None or limit >= total else f"the first {limit} of {total} items, in file order"
+
+# -----------------------------------------------------------------------------
+# Standard errors, so a reader can tell which differences between runs are noise
+
+
+def binomial_stderr(accuracy: float, count: int) -> float:
+    """Standard error of a mean of `count` 0/1 scores: sqrt(p (1 - p) / n)."""
+    return math.sqrt(accuracy * (1 - accuracy) / count) if count else 0.0
+
+
+def bootstrap_stderr(values, seed: int, resamples: int = 1000) -> float:
+    """Standard deviation of the mean over `resamples` resamplings of the items with replacement."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(means.std(ddof=1))
+
+# -----------------------------------------------------------------------------
+# Tokenizing a context and its continuations (lm-eval's rule, lm_eval/api/model.py `_encode_pair`)
+
+
+def encode_pairs(tokenizer, pairs: list) -> list:
+    """(context ids, continuation ids) of each (context, continuation) string pair, as lm-eval scores them.
+
+    Trailing whitespace of the context moves to the start of the continuation; then context +
+    continuation is tokenized as one string and split at the token length of the context alone.
+    Each distinct context is tokenized once, so the choices of one question get the same context ids:
+    for one-token continuations (MMLU's " A".." D") the model input, context + continuation[:-1], is
+    the same, and sample.score runs one forward for all of them.
+    """
+    stripped = list(dict.fromkeys(context.rstrip() for context, _ in pairs))  # distinct contexts, in order
+    encodings = tokenizer.encode_batch(stripped, add_special_tokens=False)
+    context_ids = {text: encoding.ids for text, encoding in zip(stripped, encodings)}
+    # moving the whitespace leaves the joined string as it was: context + continuation
+    wholes = tokenizer.encode_batch([context + continuation for context, continuation in pairs],
+                                    add_special_tokens=False)
+    encoded = []
+    for (context, _), whole in zip(pairs, wholes):
+        ids = context_ids[context.rstrip()]
+        encoded.append((ids, whole.ids[len(ids):]))
+    return encoded
+
+
+def write_atomically(path: Path, results: dict):
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(results, file, indent=1, ensure_ascii=False)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

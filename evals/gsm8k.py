@@ -1,0 +1,164 @@
+"""
+GSM8K: grade-school math word problems, graded by the final number (lm-eval's `gsm8k` task).
+
+    python -m evals ckpt/sft_mild --tasks gsm8k                 # zero-shot, the 1319 test problems
+    python -m evals ckpt/sft_mild --tasks gsm8k --shots 5       # lm-eval's few-shot protocol
+
+Greedy decoding, at most 256 new tokens, stopping at "Question:" or end of text; the answer is
+extracted two ways (strict-match and flexible-extract) and compared with the reference number.
+This file is also the trainers' GSM8K: `load`, `prompt`, `target`, `exemplars` and `score` (the RL
+reward) are the same functions the evaluation uses, so training and evaluation see the same states.
+"""
+import json
+import random
+import re
+import time
+
+from tqdm import tqdm
+
+import sample
+from evals import DataError, binomial_stderr, data_file, hub_rows, subset_text
+
+MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks
+STOP = ["Question:"]  # lm-eval gsm8k.yaml `until` (it also lists </s> and <|im_end|>; we stop at our eos)
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot seed; our exemplars are drawn per item (see `exemplars`)
+
+# -----------------------------------------------------------------------------
+# Data: {"question", "answer"} items; the answer is the worked solution ending in "#### N"
+
+
+def load(split: str, data_dir=None) -> list:
+    """GSM8K `split` ("train" or "test") from DATA_DIR/gsm8k/{split}.jsonl, or from the hub (openai/gsm8k main)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown GSM8K split {split!r} (train or test)")
+    if data_dir is None:
+        return [{"question": row["question"], "answer": row["answer"]}
+                for row in hub_rows("openai/gsm8k", f"main/{split}-*.parquet")]
+    path = data_file(data_dir, f"gsm8k/{split}.jsonl")
+    items = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            if not (isinstance(item, dict) and isinstance(item.get("question"), str)
+                    and isinstance(item.get("answer"), str)):
+                raise DataError(f"{path}:{number}: expected an object with string fields question and answer")
+            items.append({"question": item["question"], "answer": item["answer"]})
+    if not items:
+        raise DataError(f"{path}: no items")
+    return items
+
+# -----------------------------------------------------------------------------
+# Prompt format (lm-eval gsm8k.yaml: doc_to_text "Question: {{question}}\nAnswer:", doc_to_target
+# "{{answer}}"; exemplars joined to the question with target_delimiter " " and fewshot_delimiter "\n\n")
+
+
+def prompt(question: str, exemplars=()) -> str:
+    """`Question: {question}\\nAnswer:`, after each exemplar's `Question: ...\\nAnswer: {solution}\\n\\n`."""
+    shots = "".join(f"Question: {e['question']}\nAnswer: {e['answer']}\n\n" for e in exemplars)
+    return f"{shots}Question: {question}\nAnswer:"
+
+
+def target(answer: str) -> str:
+    """The training target after the prompt: ` {answer}`; the trainer appends the end-of-text token."""
+    return f" {answer}"
+
+
+def exemplars(pool: list, shots: int, item_id, seed: int = FEWSHOT_SEED, exclude: int | None = None) -> list:
+    """`shots` items of `pool` (the train split) chosen by a generator seeded by (seed, item id).
+
+    An item gets the same exemplars whatever else is evaluated (a --limit subset, another batch).
+    `exclude` is an index of `pool` never chosen (a train item must not be its own exemplar).
+    """
+    if shots == 0:
+        return []
+    rng = random.Random(f"gsm8k/{seed}/{item_id}")  # string seeds hash the same in every process
+    picks = [i for i in rng.sample(range(len(pool)), min(shots + 1, len(pool))) if i != exclude]
+    return [pool[i] for i in picks[:shots]]
+
+# -----------------------------------------------------------------------------
+# Answer extraction and comparison (lm-eval gsm8k.yaml, version 3: filters and exact_match options)
+
+STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")  # "strict-match": the first "#### N"
+FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # "flexible-extract": the last number-like string
+IGNORE = [",", r"\$", r"(?s).*#### ", r"\.$"]  # regexes_to_ignore, applied to prediction and reference
+INVALID = "[invalid]"  # lm-eval's regex filter fallback when nothing matches
+
+
+def extract(completion: str) -> dict:
+    """The strict and flexible answer strings of a completion (INVALID when nothing matches)."""
+    strict = STRICT.findall(completion)
+    flexible = FLEXIBLE.findall(completion)  # a list of (group 1, group 2); one of them is empty
+    last = [group for group in flexible[-1] if group] if flexible else []
+    return {"strict": strict[0].strip() if strict else INVALID,
+            "flexible": last[0].strip() if last else INVALID}
+
+
+def normalize(text: str) -> str:
+    """lm-eval exact_match with ignore_case and regexes_to_ignore: drop the regexes in order, lower-case."""
+    for pattern in IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def score(completion: str, reference: str) -> dict:
+    """{"strict": 0 or 1, "flexible": 0 or 1} for a completion against GSM8K's answer field.
+
+    `reference` is the solution text ending in "#### N", or just "#### N". This is also the RL reward.
+    """
+    expected = normalize(reference)
+    return {name: int(normalize(answer) == expected) for name, answer in extract(completion).items()}
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=None, seed: int = FEWSHOT_SEED,
+             batch_size: int = 16, progress: bool = True) -> dict:
+    """Greedy completions of the first `limit` test items; returns {"protocol", "summary", "items"}."""
+    items = test[:limit]
+    if shots and not train:
+        raise ValueError("gsm8k: --shots needs the train split for exemplars")
+    texts = [prompt(item["question"], exemplars(train, shots, index, seed)) for index, item in enumerate(items)]
+    prompts = [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    context = model.config.max_position_embeddings
+    for index, ids in enumerate(prompts):
+        if len(ids) + MAX_NEW_TOKENS > context:
+            raise ValueError(f"gsm8k test item {index}: the {shots}-shot prompt has {len(ids)} tokens, which with "
+                             f"{MAX_NEW_TOKENS} new tokens exceeds the model's context of {context} "
+                             f"(use fewer --shots)")
+
+    started = time.perf_counter()
+    completions = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # similar lengths batch together
+    with tqdm(total=len(items), desc="gsm8k", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outputs = sample.generate(model, [prompts[i] for i in chunk], max_new_tokens=MAX_NEW_TOKENS,
+                                      temperature=0.0, stop=STOP, tokenizer=tokenizer)
+            for i, completion in zip(chunk, outputs):
+                completions[i] = completion
+            bar.update(len(chunk))
+    seconds = time.perf_counter() - started
+
+    records = []
+    for index, (item, completion) in enumerate(zip(items, completions)):
+        records.append({"id": f"test/{index}", "prompt_tokens": len(prompts[index]),
+                        "prediction": completion.text, "finish_reason": completion.finish_reason,
+                        "extracted": extract(completion.text), "reference": normalize(item["answer"]),
+                        "correct": score(completion.text, item["answer"])})
+    summary = {"items": len(records), "seconds": round(seconds, 3)}
+    for name in ("flexible", "strict"):
+        accuracy = sum(r["correct"][name] for r in records) / max(len(records), 1)
+        summary[name], summary[f"{name}_stderr"] = accuracy, binomial_stderr(accuracy, len(records))
+    protocol = {"split": "test", "items": len(records), "subset": subset_text(len(test), limit), "shots": shots,
+                "fewshot_split": "train" if shots else None, "fewshot_seed": seed if shots else None,
+                "decoding": "greedy", "max_new_tokens": MAX_NEW_TOKENS, "stop": STOP + ["end of text"],
+                "template": "Question: {question}\\nAnswer:",
+                "metrics": "strict-match, flexible-extract (lm-eval)"}
+    return {"protocol": protocol, "summary": summary, "items": records}
+
