@@ -346,7 +346,7 @@ def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, ch
 
 
 def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int = 64, layers: int = 2,
-               max_position_embeddings: int = 4096):
+               max_position_embeddings: int = 32768):
     """A random-weight Qwen3 with a byte-level BPE tokenizer trained here (vocab = tokenizer size)."""
     tokenizer = train_tiny_tokenizer(vocab_size)
     eos = tokenizer.token_to_id("<|endoftext|>")

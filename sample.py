@@ -200,11 +200,15 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
         if newest[row] in eos_ids:
             length[row], reasons[row] = step + 1, "eos"
     if stop:
+        # a stop string completed by the newest token lies within its last few tokens: decode only those,
+        # and the whole row on a hit (earlier steps saw no stop string, so the first one is this one)
         running = [row for row in running if reasons[row] == "length"]
-        decoded = tokenizer.decode_batch(tokens[running, :step + 1].tolist()) if running else []
-        for row, text in zip(running, decoded):
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
+        window = max(0, step + 1 - max(map(len, stop)) - 8)
+        tails = tokenizer.decode_batch(tokens[running, window:step + 1].tolist()) if running else []
+        for row, tail in zip(running, tails):
+            if any(s in tail for s in stop):
+                text = tokenizer.decode(tokens[row, :step + 1].tolist())
+                cut = min(text.find(s) for s in stop if s in text)
                 length[row], reasons[row], texts[row] = step + 1, "stop", text[:cut]
     return all(reason != "length" for reason in reasons)
 

@@ -1,0 +1,174 @@
+"""sft.py and the shared training module: the masked loss, overfitting, checkpoints, resume, bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sft
+import training
+from checkpoint import load_tokenizer
+from model import Config, Qwen3
+
+ROOT = Path(__file__).resolve().parents[1]
+ITEMS = [{"question": f"Ann has {a} pens and gets {b} more. How many?",
+          "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"} for a, b in [(3, 4), (10, 5), (7, 8), (21, 2)]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    model = Qwen3.from_pretrained(tiny_checkpoint)
+    return model, load_tokenizer(model)
+
+
+def write_gsm8k(folder: Path, items) -> Path:
+    (folder / "gsm8k").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        (folder / "gsm8k" / f"{split}.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    return folder
+
+
+def test_prompt_tokens_carry_no_loss_and_get_no_gradient(tiny):
+    model, tokenizer = tiny
+    sequences = sft.encode_examples(ITEMS[:2], tokenizer, model.config.eos_token_id, 4096)
+    for item, sequence in zip(ITEMS, sequences):
+        prompt_length = len(tokenizer.encode("Question: " + item["question"] + "\nAnswer:").ids)
+        assert sequence["loss"] == [False] * prompt_length + [True] * (len(sequence["tokens"]) - prompt_length)
+        assert tokenizer.decode(sequence["tokens"][prompt_length:-1]) == " " + item["answer"]
+        assert sequence["tokens"][-1] == model.config.eos_token_id
+    batch = training.make_batches(sequences, 10_000)[0]
+    captured = {}
+    handle = model.model.norm.register_forward_hook(lambda m, i, out: captured.setdefault("hidden", out))
+    try:
+        loss = sft.masked_cross_entropy(SimpleNamespace(model=model), [batch])(batch)
+        gradient = torch.autograd.grad(loss, captured["hidden"])[0]  # (B, T, H): final states, one per position
+    finally:
+        handle.remove()
+    per_position = gradient.abs().sum(-1)
+    assert (per_position[~batch.mask] == 0).all()  # prompt and padding positions: no gradient at all
+    assert (per_position[batch.mask] > 0).all()
+
+
+def test_loss_equals_hand_computed_masked_cross_entropy(tiny):
+    model, tokenizer = tiny
+    sequences = sft.encode_examples(ITEMS, tokenizer, model.config.eos_token_id, 4096)
+    batches = training.make_batches(sequences, 120)  # several micro-batches
+    assert len(batches) > 1
+    run = SimpleNamespace(model=model)
+    with torch.no_grad():
+        loss_of = sft.masked_cross_entropy(run, batches)
+        ours = sum(loss_of(batch).item() for batch in batches)
+        # by hand: full logits of each sequence alone, cross-entropy on the target tokens only
+        losses, count = [], 0
+        for sequence in sequences:
+            ids = torch.tensor(sequence["tokens"])
+            logits = model(ids[None, :-1])[0]
+            targets = torch.where(torch.tensor(sequence["loss"][1:]), ids[1:], -100)
+            losses.append(F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum"))
+            count += sum(sequence["loss"][1:])
+    assert ours == pytest.approx((sum(losses) / count).item(), abs=1e-5)
+
+
+def test_tiny_model_overfits_a_handful_of_examples(tmp_path, tiny_checkpoint):
+    data = write_gsm8k(tmp_path / "data", ITEMS * 10)
+    sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+              "--lora-rank", "0", "--lr", "3e-3", "--epochs", "8", "--batch-size", "8", "--warmup-steps", "2",
+              "--heldout", "0"])
+    losses = [m["loss"] for m in map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())]
+    assert len(losses) == 40
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_saved_checkpoint_loads_in_transformers_and_ours(tmp_path, tiny_checkpoint, tiny):
+    from transformers import AutoModelForCausalLM
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    out = tmp_path / "out"
+    sft.main(["--preset", "stress", "--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(out),
+              "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2"])
+    ours, theirs = Qwen3.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([load_tokenizer(out).encode("Question: Ann has 3 pens\nAnswer:").ids])
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max() <= 1e-4
+        assert (ours(ids) - tiny[0](ids)).abs().max() > 1e-3  # training changed the model
+    args = json.loads((out / "args.json").read_text())
+    assert args["lora_rank"] == 64 and args["lr"] == 1e-2 and args["epochs"] == 5  # preset, then the flag
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_checkpoint, monkeypatch):
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    common = ["--model", str(tiny_checkpoint), "--data-dir", str(data), "--max-steps", "4", "--batch-size", "4",
+              "--lr", "1e-2", "--lora-dropout", "0.1", "--save-every", "2", "--heldout", "0"]
+    sft.main(common + ["--out", str(tmp_path / "whole")])
+
+    original = training.Run.train_step
+
+    def interrupted(self, *args):
+        if self.step == 3:
+            raise KeyboardInterrupt  # the power goes off during step 4
+        return original(self, *args)
+    monkeypatch.setattr(training.Run, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sft.main(common + ["--out", str(tmp_path / "split")])
+    assert json.loads((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    monkeypatch.setattr(training.Run, "train_step", original)
+    sft.main(common + ["--out", str(tmp_path / "split"), "--resume"])
+
+    whole, split = Qwen3.from_pretrained(tmp_path / "whole"), Qwen3.from_pretrained(tmp_path / "split")
+    for (name, a), (_, b) in zip(whole.named_parameters(), split.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_before_saving(tmp_path, tiny_checkpoint, monkeypatch):
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    monkeypatch.setattr(sft, "masked_cross_entropy", lambda run, batches: lambda batch: torch.tensor(float("nan")))
+    with pytest.raises(training.TrainingError, match="loss is nan"):
+        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                  "--max-steps", "2", "--batch-size", "4"])
+    assert not (tmp_path / "out").exists()
+
+
+def run_cli(*arguments):
+    return subprocess.run([sys.executable, "sft.py", *map(str, arguments)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_on_real_data_and_bad_input(tmp_path, tiny_checkpoint, data_dir):
+    out = tmp_path / "stress"
+    result = run_cli("--preset", "stress", "--model", tiny_checkpoint, "--data-dir", data_dir, "--max-steps", "5",
+                     "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "step 5/5" in result.stdout and (out / "model.safetensors").exists()
+    before = sorted(p.name for p in out.iterdir())
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    for arguments, message in [
+        (["--model", tiny_checkpoint, "--out", out, "--data-dir", data_dir], "already exists"),
+        (["--model", tmp_path / "nothing", "--out", tmp_path / "x", "--data-dir", data_dir], "not a checkpoint"),
+        (["--model", tiny_checkpoint, "--out", tmp_path / "x", "--data-dir", tmp_path], "gsm8k/train.jsonl"),
+        (["--model", tiny_checkpoint, "--out", tmp_path / "y", "--resume", "--data-dir", data_dir], "does not exist"),
+    ]:
+        bad = run_cli(*arguments)
+        assert bad.returncode != 0 and message in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_real_vocabulary_size_on_a_small_model(tmp_path, data_dir):
+    """The real 151,936-token vocabulary and Qwen tokenizer: the chunked loss keeps memory small."""
+    config = Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                    bos_token_id=151643, eos_token_id=151643)
+    torch.manual_seed(0)
+    model = Qwen3(config)
+    model.source = data_dir / "qwen_tokenizer"
+    model.save_pretrained(tmp_path / "qwen_shape")
+    result = run_cli("--preset", "stress", "--model", tmp_path / "qwen_shape", "--data-dir", data_dir,
+                     "--max-steps", "2", "--batch-size", "8", "--limit", "400", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert Qwen3.from_pretrained(tmp_path / "out").config.vocab_size == 151936

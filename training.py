@@ -1,0 +1,258 @@
+"""
+What sft.py, rl.py and opd.py do identically, so that each of them holds only its objective:
+the command-line flags they share, loading the policy (LoRA or full fine-tuning), AdamW with warmup
+and cosine decay, batches of token ids with per-token loss columns, the training step (gradient
+accumulation, clipping, the NaN guard), logging, and atomic checkpoints that `--resume` continues.
+
+A training script's life:
+
+    run = Run(args, total_steps)              # model + LoRA + optimizer, or resumed from args.out/resume/
+    while run.step < total_steps:
+        batches = make_batches(sequences, max_tokens=args.micro_batch_tokens)
+        stats = run.train_step(batches, loss_of)   # loss_of(batch) -> scalar, already normalised
+        run.log(stats)
+    run.save()
+"""
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from checkpoint import DEFAULT_MODEL, CheckpointError, atomic_directory, load_tokenizer
+from model import Qwen3, add_lora, token_logprobs
+
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (NaN loss, unusable output directory); the message is one line."""
+
+# -----------------------------------------------------------------------------
+# Flags
+
+
+def add_arguments(parser, out: str):
+    """The flags every trainer has. Flags left at None are filled from the script's preset."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="starting checkpoint: directory or hub id")
+    parser.add_argument("--out", default=out, help="output checkpoint directory")
+    parser.add_argument("--data-dir", help="local data in the original formats (default: the hub)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--limit", type=int, help="use only the first N training examples")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--lora-rank", type=int, help="0 means full fine-tuning")
+    parser.add_argument("--lora-alpha", type=float)
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
+    parser.add_argument("--micro-batch-tokens", type=int, default=8192, help="padded tokens per forward")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
+    parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    parser.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+
+def apply_preset(args, preset: dict):
+    """Fill every flag the user left unset from the preset."""
+    for name, value in preset.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
+
+
+def run_main(main):
+    """Run a script's main(); expected failures become one `error:` line and exit status 1."""
+    try:
+        main()
+    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+
+# -----------------------------------------------------------------------------
+# Batches of token ids with per-token columns
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) tokens fed to the model
+    targets: torch.Tensor  # (B, T) the next token at each position
+    mask: torch.Tensor  # (B, T) bool: positions that carry a loss
+    columns: dict = field(default_factory=dict)  # name -> (N,) float values at the masked positions, in order
+
+
+def make_batches(sequences: list, max_tokens: int, device="cpu") -> list:
+    """Pack sequences into micro-batches of at most `max_tokens` padded tokens, similar lengths together.
+
+    Each sequence is a dict: "tokens" (list of ids), "loss" (list of bools, one per token: whether that
+    token is a target), and optionally more per-token float lists (weights, advantages, old log-probs)
+    that travel with the targets into `Batch.columns`.
+    """
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]["tokens"]))
+    groups, current = [], []
+    for index in order:
+        longest = max([len(sequences[i]["tokens"]) - 1 for i in current + [index]])
+        if current and longest * (len(current) + 1) > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(index)
+    if current:
+        groups.append(current)
+    batches = []
+    for group in groups:
+        T = max(len(sequences[i]["tokens"]) - 1 for i in group)
+        ids = torch.zeros(len(group), T + 1, dtype=torch.long)
+        mask = torch.zeros(len(group), T, dtype=torch.bool)  # mask[b, t]: token t + 1 is a target
+        names = [name for name in sequences[group[0]] if name not in ("tokens", "loss")]
+        columns = {name: [] for name in names}
+        for row, i in enumerate(group):  # row by row, left to right: the order of batch.mask's positions
+            sequence = sequences[i]
+            ids[row, :len(sequence["tokens"])] = torch.tensor(sequence["tokens"])
+            is_target = sequence["loss"][1:]  # the first token has no prefix to be predicted from
+            mask[row, :len(is_target)] = torch.tensor(is_target, dtype=torch.bool)
+            for name in names:
+                columns[name] += [v for v, target in zip(sequence[name][1:], is_target) if target]
+        batches.append(Batch(ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device),
+                             {name: torch.tensor(values, dtype=torch.float32, device=device)
+                              for name, values in columns.items()}))
+    return batches
+
+
+def examples_of_step(step: int, count: int, batch_size: int, seed: int) -> list:
+    """Indices of the `batch_size` examples of optimizer step `step`: a fresh shuffle each epoch, full batches.
+
+    A pure function of the step, so a resumed run sees exactly the data an uninterrupted one would.
+    """
+    epoch, position = divmod(step, count // batch_size)
+    order = list(range(count))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def target_logprobs(model: Qwen3, batch: Batch) -> torch.Tensor:
+    """log p(target) at the masked positions, in row-major order: (N,) float32. The LM head runs only there."""
+    hidden = model(batch.input_ids, return_hidden=True)  # (B, T, H)
+    return token_logprobs(model, hidden[batch.mask], batch.targets[batch.mask])
+
+# -----------------------------------------------------------------------------
+# The run: policy, optimizer, schedule, step, logging, checkpoints
+
+
+class Run:
+    def __init__(self, args, total_steps: int):
+        self.args, self.total_steps, self.out = args, total_steps, Path(args.out)
+        resume_file = self.out / "resume" / "state.pt"
+        if args.resume and not resume_file.exists():
+            raise TrainingError(f"--resume: {resume_file} does not exist")
+        if not args.resume and self.out.exists() and any(self.out.iterdir()):
+            raise TrainingError(f"{self.out} already exists: pass --resume to continue it, or another --out")
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        # LoRA: base weights in bf16 on CUDA, adapters in float32. Full fine-tuning: float32 master weights.
+        dtype = torch.float32 if self.device.type == "cpu" or not args.lora_rank else torch.bfloat16
+        self.model = Qwen3.from_pretrained(args.model, device=self.device, dtype=dtype)
+        self.tokenizer = load_tokenizer(self.model)
+        if args.lora_rank:
+            self.parameters = add_lora(self.model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        else:
+            self.parameters = list(self.model.parameters())
+        self.model.gradient_checkpointing = args.gradient_checkpointing
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=args.lr, weight_decay=args.weight_decay)
+        self.step, self.metrics = 0, []
+        if args.resume:
+            self.load_resume(resume_file)
+        self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
+                             disable=None)
+        self.started = time.perf_counter()
+
+    def learning_rate(self) -> float:
+        """Linear warmup to --lr, then cosine decay to zero at the last step."""
+        warmup = min(self.args.warmup_steps, self.total_steps)
+        if self.step < warmup:
+            return self.args.lr * (self.step + 1) / warmup
+        progress = (self.step - warmup) / max(1, self.total_steps - warmup)
+        return self.args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def train_step(self, batches: list, loss_of) -> dict:
+        """One optimizer step over micro-batches; `loss_of(batch)` is normalised for the whole step."""
+        started = time.perf_counter()
+        learning_rate = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        total = 0.0
+        for batch in batches:
+            with self.autocast():
+                loss = loss_of(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"step {self.step + 1}: loss is {loss.item()}; stopped before saving anything")
+            loss.backward()
+            total += loss.item()
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.args.grad_clip)
+        if not torch.isfinite(norm):
+            raise TrainingError(f"step {self.step + 1}: gradient norm is {norm.item()}; stopped before saving")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        tokens = sum(b.input_ids.numel() for b in batches)
+        seconds = time.perf_counter() - started
+        return {"loss": total, "lr": learning_rate, "grad_norm": norm.item(), "train_tokens_per_s": tokens / seconds,
+                "train_s": seconds}
+
+    def log(self, stats: dict):
+        """One line per step on the console, one JSON line in metrics.jsonl (written with the checkpoint)."""
+        record = {"step": self.step, **stats, "elapsed_s": time.perf_counter() - self.started}
+        self.metrics.append(record)
+        self.progress.update(1)
+        shown = " | ".join(f"{name} {format_number(value)}" for name, value in stats.items())
+        self.progress.write(f"step {self.step}/{self.total_steps} | {shown}")
+        if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.total_steps:
+            self.save()
+
+    def save(self):
+        """Checkpoint (LoRA merged) + args + metrics + resume state, all replacing --out in one rename."""
+        with atomic_directory(self.out) as staging:
+            self.model.write_checkpoint(staging, SAVE_DTYPES[self.args.save_dtype])
+            (staging / "args.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
+            (staging / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+            (staging / "resume").mkdir()
+            trainable = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+            torch.save({"step": self.step, "trainable": trainable, "optimizer": self.optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       staging / "resume" / "state.pt")
+        self.progress.write(f"saved {self.out} at step {self.step}")
+
+    def load_resume(self, resume_file: Path):
+        state = torch.load(resume_file, map_location=self.device, weights_only=False)
+        parameters = dict(self.model.named_parameters())
+        for name, value in state["trainable"].items():
+            if name not in parameters or parameters[name].shape != value.shape:
+                raise TrainingError(f"{resume_file}: {name} does not fit this model (different --lora-rank?)")
+            with torch.no_grad():
+                parameters[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        random.setstate(state["python_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.step = state["step"]
+        metrics_file = self.out / "metrics.jsonl"
+        if metrics_file.exists():
+            self.metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+
+
+def format_number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
