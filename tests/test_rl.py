@@ -1,0 +1,141 @@
+"""rl.py: advantages, the policy-gradient loss against REINFORCE computed directly, KL and clipping, learning."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import rl
+import training
+from model import Qwen3, add_lora, lora_disabled
+from sample import Completion
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_group_advantages_on_hand_made_groups():
+    assert rl.group_advantages([1, 0, 0, 1], 4, scale=False) == pytest.approx([0.5, -0.5, -0.5, 0.5])
+    assert rl.group_advantages([1, 0, 0, 0, 1, 1, 1, 1], 4, scale=False) == pytest.approx(
+        [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
+    std = (4 * 0.25 / 3) ** 0.5  # sample std of [1, 0, 0, 1]
+    assert rl.group_advantages([1, 0, 0, 1], 4, scale=True) == pytest.approx([0.5 / std, -0.5 / std, -0.5 / std, 0.5 / std], rel=1e-5)
+    assert rl.group_advantages([0, 0, 0], 3, scale=True) == [0, 0, 0]  # all equal: nothing, even scaled
+
+
+@pytest.fixture
+def hand_made(tiny_checkpoint):
+    """A model with random LoRA adapters and two groups of two completions: one informative, one all-equal."""
+    model = Qwen3.from_pretrained(tiny_checkpoint)
+    add_lora(model, rank=4, alpha=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # a non-trivial starting adapter
+    prompts = [[5, 6, 7], [8, 9]]
+    completions = [Completion([10, 11, 12], [], None, "length"), Completion([13, 14], [], None, "eos"),
+                   Completion([15], [], None, "eos"), Completion([16, 17, 18, 19], [], None, "length")]
+    rewards = [1.0, 0.0, 1.0, 1.0]
+    return model, prompts, completions, rewards
+
+
+def gradients(model, loss):
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, parameters, allow_unused=True, retain_graph=True)
+
+
+def sequence_logprob(model, prompt, completion):
+    """sum_t log p(y_t | prompt, y_<t), from a full forward and log_softmax over the whole vocabulary."""
+    ids = torch.tensor([prompt + completion])
+    logprobs = torch.log_softmax(model(ids[:, :-1])[0], -1)
+    positions = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
+    return logprobs[positions, torch.tensor(completion)]
+
+
+def test_loss_gradient_equals_reinforce_computed_directly(hand_made):
+    model, prompts, completions, rewards = hand_made
+    advantages = rl.group_advantages(rewards, 2, scale=False)
+    assert advantages == [0.5, -0.5, 0.0, 0.0]
+    sequences = rl.rollout_sequences(prompts, completions, advantages, 2)
+    assert len(sequences) == 2  # the all-equal group is not run at all
+    total_tokens = sum(len(c.tokens) for c in completions)
+    loss_of, _ = rl.policy_loss(SimpleNamespace(model=model), total_tokens, clip=0.2, kl_coef=0.0)
+    batches = training.make_batches(sequences, 100)
+    ours = gradients(model, sum(loss_of(batch) for batch in batches))
+    # REINFORCE with the group baseline: -(1/N) sum_i A_i sum_t grad log p(y_it), all sequences
+    direct = -sum(a * sequence_logprob(model, prompts[i // 2], c.tokens).sum()
+                  for i, (c, a) in enumerate(zip(completions, advantages))) / total_tokens
+    for a, b in zip(ours, gradients(model, direct)):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(g.abs().max() > 1e-4 for g in ours)
+
+
+def test_all_equal_groups_give_zero_gradient(hand_made):
+    model, prompts, completions, _ = hand_made
+    advantages = rl.group_advantages([1.0, 1.0, 0.0, 0.0], 2, scale=True)
+    assert rl.rollout_sequences(prompts, completions, advantages, 2) == []
+    # and even when run through the loss, a zero advantage gives a zero gradient
+    sequence = {"tokens": prompts[0] + completions[0].tokens, "loss": [False] * 3 + [True] * 3, "advantage": [0.0] * 6}
+    loss_of, _ = rl.policy_loss(SimpleNamespace(model=model), 6, clip=0.2, kl_coef=0.0)
+    assert all(g is None or g.abs().max() == 0 for g in gradients(model, loss_of(training.make_batches([sequence], 100)[0])))
+
+
+def test_kl_penalty_and_clipping_against_direct_computation(hand_made):
+    model, prompts, completions, rewards = hand_made
+    sequences = rl.rollout_sequences(prompts, completions, rl.group_advantages(rewards, 2, False), 2)
+    batch = training.make_batches(sequences, 100)[0]
+    run = SimpleNamespace(model=model, args=SimpleNamespace(lora_rank=4))
+    # KL: the reference is the model without its adapters
+    loss_of, totals = rl.policy_loss(run, 5, clip=0.2, kl_coef=0.3, reference=rl.reference_function(run))
+    loss = loss_of(batch)
+    now = torch.cat([sequence_logprob(model, prompts[0], completions[i].tokens) for i in (0, 1)])
+    with torch.no_grad(), lora_disabled(model):
+        start = torch.cat([sequence_logprob(model, prompts[0], completions[i].tokens) for i in (0, 1)])
+    advantage = torch.tensor([0.5] * 3 + [-0.5] * 2)
+    k3 = torch.exp(start - now) - (start - now) - 1
+    # the batch is ordered shortest first: completion 1 (2 tokens) then completion 0 (3 tokens)
+    order = torch.tensor([3, 4, 0, 1, 2])
+    ratio = torch.exp(now - now.detach())  # 1, with the gradient of log p
+    direct = (-(ratio * advantage)[order] + 0.3 * k3[order]).sum() / 5
+    assert loss.item() == pytest.approx(direct.item(), abs=1e-5)
+    assert totals["kl"] / totals["tokens"] == pytest.approx(k3.mean().item(), abs=1e-6) and k3.mean() > 1e-3
+    for a, b in zip(gradients(model, loss), gradients(model, direct)):
+        assert torch.allclose(a, b, atol=1e-6)
+    # clipping: old log-probs that make the ratio 1.5 on every token
+    loss_of, _ = rl.policy_loss(run, 5, clip=0.2, kl_coef=0.0)
+    batch.columns["old_logprob"] = now[order].detach() - torch.log(torch.tensor(1.5))
+    clipped = loss_of(batch)
+    # A > 0: min(1.5 A, 1.2 A) = 1.2 A, a constant (no gradient); A < 0: min(1.5 A, 1.2 A) = 1.5 A
+    ratio = torch.exp(now[order] - batch.columns["old_logprob"])
+    direct = -torch.where(advantage[order] > 0, 1.2 * advantage[order], ratio * advantage[order]).sum() / 5
+    assert clipped.item() == pytest.approx(direct.item(), abs=1e-5)
+    for a, b in zip(gradients(model, clipped), gradients(model, direct)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_mean_reward_rises_on_a_toy_verifiable_task(tmp_path, tiny_checkpoint):
+    """Reward 1 when the completion starts with a digit: RL, not GSM8K, on a tiny random model."""
+    args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "toy"), "--lr", "3e-2",
+                          "--lora-rank", "0", "--max-new-tokens", "3", "--group-size", "8", "--warmup-steps", "0"])
+    run = training.Run(args, total_steps=30)
+    prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "Ann has", "Bob buys 3",
+                                                            "The answer is"]]
+    rewards = [rl.rl_step(run, prompts, lambda i, c: float(c.text[:1].isdigit()), args)["reward"] for _ in range(30)]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.5 and last > 0.8 and last > first + 0.3, rewards
+
+
+def test_cli_runs_offline_on_real_data(tmp_path, tiny_checkpoint, data_dir):
+    out = tmp_path / "rl"
+    result = subprocess.run([sys.executable, "rl.py", "--model", str(tiny_checkpoint), "--data-dir", str(data_dir),
+                             "--max-steps", "3", "--out", str(out), "--prompts-per-step", "2", "--group-size", "4",
+                             "--max-new-tokens", "16", "--eval-items", "4", "--eval-every", "3", "--kl-coef", "0.1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "heldout_accuracy" in metrics[-1]
+    assert {"reward", "all_equal_groups", "completion_length", "truncated", "sampling_s", "train_s"} <= set(metrics[0])
+    assert Qwen3.from_pretrained(out).config.vocab_size == 512
