@@ -1,0 +1,208 @@
+"""
+On-policy distillation: the student learns from a teacher on the states the student itself visits.
+
+State source: student trajectories. Each step the student answers GSM8K train questions; the states
+are its own prompts + generated prefixes, so the supervision lands where the student will be.
+Signal: the teacher, and nothing else (no gold answers, no reward).
+
+    python opd.py --teacher ckpt/sft_stress                 # -> ckpt/opd_sft_stress, student = base model
+    python opd.py --teacher ckpt/sft_mild --mode reverse_kl # -> ckpt/opd_sft_mild_reverse_kl
+    python opd.py --teacher ckpt/tiny --student ckpt/tiny --data-dir ../shared/data --max-steps 3 --out ckpt/tiny_opd
+
+Three modes:
+  continuation (default, the paper's working variant, DAgger-style): cut each student rollout at K
+    points (the empty prefix included); from each cut the teacher writes L tokens (greedy by
+    default); the student is trained with cross-entropy on those teacher tokens given the student's
+    prefix, and on nothing else. The teacher says "from here, I would go on like this".
+  reverse_kl (Thinking Machines' on-policy distillation, TRL's GKD with beta = 1): one teacher
+    forward over the student's own tokens; each sampled token y_t gets the advantage
+    log p_teacher(y_t) - log p_student(y_t), minus a one-sample estimate of the reverse KL, with no
+    discount; a policy-gradient step raises the tokens the teacher likes more than the student does.
+  full_kl: the exact next-token KL over the whole vocabulary at every student state, one step deep
+    (--kl-direction reverse: sum p_s (log p_s - log p_t); forward: sum p_t (log p_t - log p_s)). The
+    paper reports a one-step variant of this kind collapsing (GSM8K 0.040); it is here as the ablation.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import training
+from evals import gsm8k
+from checkpoint import load_tokenizer
+from model import Qwen3
+from sample import generate, score
+
+PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
+
+# -----------------------------------------------------------------------------
+# The teacher
+
+
+def load_teacher(path: str, student: Qwen3, student_tokenizer, device) -> tuple:
+    """The frozen teacher, refused unless it shares the student's tokenizer and vocabulary size."""
+    teacher = Qwen3.from_pretrained(path, device=device).eval().requires_grad_(False)
+    tokenizer = load_tokenizer(teacher)
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"teacher {path} has vocabulary size {teacher.config.vocab_size}, the student "
+                         f"{student.config.vocab_size}: distillation needs the same vocabulary")
+    if tokenizer.get_vocab(with_added_tokens=True) != student_tokenizer.get_vocab(with_added_tokens=True):
+        raise ValueError(f"teacher {path} has a different tokenizer from the student's: same token ids are needed")
+    return teacher, tokenizer
+
+
+def cut_points(length: int, cuts: int) -> list:
+    """K evenly spaced prefix lengths of a rollout of `length` tokens, starting with the empty prefix."""
+    return sorted({j * length // cuts for j in range(cuts)}) if length else [0]
+
+
+def before_stop(completion, tokenizer) -> list:
+    """The tokens of a completion that lie before its stop string (the stop text is not taught)."""
+    tokens = completion.tokens
+    if completion.finish_reason != "stop":
+        return tokens
+    keep = len(tokens) - 1  # the last token completed the stop string
+    while keep and not completion.text.startswith(tokenizer.decode(tokens[:keep])):
+        keep -= 1
+    return tokens[:keep]
+
+# -----------------------------------------------------------------------------
+# The three objectives: training sequences from student rollouts, and their losses
+
+
+def continuation_sequences(run, teacher, prompts: list, rollouts: list, args) -> list:
+    """rollouts: the student's token lists. Student prefix (no loss) + L teacher tokens (loss), from K cut points per rollout."""
+    prefixes = [prompt + rollout[:cut] for prompt, rollout in zip(prompts, rollouts)
+                for cut in cut_points(len(rollout), args.cuts)]
+    continuations = generate(teacher, prefixes, max_new_tokens=args.continuation_tokens,
+                             temperature=args.teacher_temperature, stop=gsm8k.STOP, tokenizer=run.tokenizer,
+                             seed=args.seed * 1_000_003 + run.step, batch_size=args.sample_batch_size)
+    sequences = []
+    for prefix, continuation in zip(prefixes, continuations):
+        taught = before_stop(continuation, run.tokenizer)
+        if taught:
+            sequences.append({"tokens": prefix + taught, "loss": [False] * len(prefix) + [True] * len(taught)})
+    return sequences
+
+
+def rollout_sequences(teacher, prompts: list, rollouts: list, args) -> list:
+    """rollouts: the student's token lists. Prompt + rollout, loss on the rollout, with the teacher's log-prob of each student token."""
+    pairs = [(prompt, rollout) for prompt, rollout in zip(prompts, rollouts) if rollout]
+    teacher_logprobs = score(teacher, pairs, batch_size=args.sample_batch_size)
+    return [{"tokens": prompt + rollout, "loss": [False] * len(prompt) + [True] * len(rollout),
+             "teacher_logprob": [0.0] * len(prompt) + logprobs}
+            for (prompt, rollout), logprobs in zip(pairs, teacher_logprobs)]
+
+
+def kl_per_state(student_logits, teacher_logits, direction: str):
+    """Exact next-token KL at each state: (N, V), (N, V) -> (N,), in float32."""
+    student, teacher = F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1)
+    if direction == "reverse":
+        return (student.exp() * (student - teacher)).sum(-1)
+    return (teacher.exp() * (teacher - student)).sum(-1)
+
+
+def chunked_kl(run, teacher, batch, direction: str, chunk_size: int = 256):
+    """kl_per_state at every masked state of the batch, at most `chunk_size` states of two (V,) rows at a
+    time; with gradients each chunk is recomputed in backward rather than kept: (N,)."""
+    hidden = run.model(batch.input_ids, return_hidden=True)[batch.mask]  # (N, H)
+    with torch.no_grad():
+        teacher_hidden = teacher(batch.input_ids, return_hidden=True)[batch.mask]  # (N, H)
+
+    def piece(h, t):
+        return kl_per_state(run.model.lm_head(h), teacher.lm_head(t), direction)
+    pieces = [checkpoint(piece, hidden[i:i + chunk_size], teacher_hidden[i:i + chunk_size], use_reentrant=False)
+              for i in range(0, len(hidden), chunk_size)]
+    return torch.cat(pieces)
+
+
+def loss_function(run, teacher, mode: str, total: int, args, totals: dict):
+    """loss_of(batch), summed over the batch's target tokens and divided by `total` (tokens this step)."""
+    def loss_of(batch):
+        if mode == "continuation":  # cross-entropy on the teacher's tokens
+            return -training.target_logprobs(run.model, batch).sum() / total
+        if mode == "reverse_kl":  # policy gradient with advantage -(log p_s - log p_t) per token
+            logprobs = training.target_logprobs(run.model, batch)
+            estimate = logprobs.detach() - batch.columns["teacher_logprob"]
+            totals["kl"] += estimate.sum().item()
+            return (estimate * logprobs).sum() / total
+        kl = chunked_kl(run, teacher, batch, args.kl_direction)
+        totals["kl"] += kl.detach().sum().item()
+        return kl.sum() / total
+    return loss_of
+
+# -----------------------------------------------------------------------------
+# One step: student rollouts, teacher signal, update
+
+
+def opd_step(run, teacher, prompts: list, args) -> dict:
+    started = time.perf_counter()
+    run.model.eval()
+    rollouts = generate(run.model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        n=args.samples_per_prompt, stop=gsm8k.STOP, seed=args.seed * 1_000_003 + run.step,
+                        tokenizer=run.tokenizer, batch_size=args.sample_batch_size)
+    run.model.train()
+    prompts = [prompt for prompt in prompts for _ in range(args.samples_per_prompt)]  # one per rollout
+    rollouts = [before_stop(r, run.tokenizer) for r in rollouts]  # the student's tokens, stop text left out
+    if args.mode == "continuation":
+        sequences = continuation_sequences(run, teacher, prompts, rollouts, args)
+    else:
+        sequences = rollout_sequences(teacher, prompts, rollouts, args)
+    sampling_s = time.perf_counter() - started
+    batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
+    total = max(1, sum(batch.mask.sum().item() for batch in batches))
+    totals = {"kl": 0.0}
+    update = run.train_step(batches, loss_function(run, teacher, args.mode, total, args, totals))
+    stats = {"loss": update["loss"], "lr": update["lr"],
+             "completion_length": sum(map(len, rollouts)) / len(rollouts), "supervised_tokens": total,
+             "sampling_tokens_per_s": sum(map(len, rollouts)) / sampling_s,
+             "train_tokens_per_s": update["train_tokens_per_s"], "sampling_s": sampling_s, "train_s": update["train_s"]}
+    if args.mode != "continuation":
+        stats["teacher_kl"] = totals["kl"] / total
+    return stats
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, help="teacher checkpoint (frozen)")
+    parser.add_argument("--student", help="student checkpoint (default: --model, the base model)")
+    parser.add_argument("--mode", choices=["continuation", "reverse_kl", "full_kl"], default="continuation")
+    parser.add_argument("--kl-direction", choices=["reverse", "forward"], default="reverse", help="full_kl only")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--prompts-per-step", type=int, default=16)
+    parser.add_argument("--samples-per-prompt", type=int, default=1, help="student rollouts of each prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="length of student rollouts")
+    parser.add_argument("--temperature", type=float, default=1.0, help="student sampling temperature")
+    parser.add_argument("--cuts", type=int, default=4, help="continuation: cut points K per rollout")
+    parser.add_argument("--continuation-tokens", type=int, default=32, help="continuation: teacher tokens L")
+    parser.add_argument("--teacher-temperature", type=float, default=0.0, help="continuation: 0 is greedy")
+    parser.add_argument("--sample-batch-size", type=int, default=128)
+    training.add_arguments(parser, out=None)
+    args = training.apply_preset(parser.parse_args(argv), PRESET)
+    args.model = args.student or args.model
+    if args.out is None:
+        suffix = "" if args.mode == "continuation" else f"_{args.mode}"
+        args.out = f"ckpt/opd_{Path(args.teacher.rstrip('/')).name}{suffix}"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    total_steps = min(args.steps, args.max_steps or args.steps)
+    run = training.Run(args, total_steps)
+    teacher, _ = load_teacher(args.teacher, run.model, run.tokenizer, run.device)
+    items = gsm8k.load("train", args.data_dir)[:args.limit]
+    run.progress.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "
+                       f"{args.prompts_per_step} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
+    while run.step < total_steps:
+        chosen = training.examples_of_step(run.step, len(items), args.prompts_per_step, args.seed)
+        prompts = [run.tokenizer.encode(gsm8k.prompt(items[i]["question"])).ids for i in chosen]
+        run.log(opd_step(run, teacher, prompts, args))
+    run.save()
+
+
+if __name__ == "__main__":
+    training.run_main(main)
