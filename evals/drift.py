@@ -1,0 +1,161 @@
+"""
+State drift: how far a post-trained model's own states have moved from the base model's.
+
+    python -m evals.drift --base Qwen/Qwen3-0.6B-Base --model ckpt/sft_stress --out results/sft_stress/drift.json
+    python -m evals.drift --base ckpt/tiny --model ckpt/tiny_sft --data-dir ../shared/data --prompts 16
+
+Both models answer the same fixed prompts (the first --prompts GSM8K test questions, one sample each,
+temperature 1, a fixed seed). Each rollout gives --cuts prefix states, prompt + the first j/K of the
+completion for j = 1..K. A state is embedded by lexical features: hashed word unigrams and bigrams
+(--features buckets), L2-normalised. Between the two sets of states we report:
+  mmd2                the squared maximum mean discrepancy with an RBF kernel, bandwidth by the median
+                      heuristic (the median pairwise distance of the pooled states), biased (V-statistic)
+                      estimator: mean k(X, X) + mean k(Y, Y) - 2 mean k(X, Y); 0 for identical sets
+  centroid            the Euclidean distance between the two mean feature vectors
+  sliced_wasserstein  the 1-D Wasserstein-1 distance of the states' projections on --projections random
+                      unit directions, averaged
+  jaccard             1 - |A n B| / |A u B| of the word sets of the two models' completions
+The paper reports these four but not their features or estimators; all choices here are ours.
+"""
+import argparse
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from checkpoint import CheckpointError, load_tokenizer
+from evals import DataError, gsm8k, write_atomically
+from model import Qwen3
+from sample import generate
+
+WORD = re.compile(r"\w+|[^\w\s]")
+
+# -----------------------------------------------------------------------------
+# States and their features
+
+
+def words(text: str) -> list:
+    return WORD.findall(text.lower())
+
+
+def features(texts: list, buckets: int) -> np.ndarray:
+    """Hashed word unigram and bigram counts, L2-normalised: (N, buckets) float64."""
+    matrix = np.zeros((len(texts), buckets))
+    for row, text in enumerate(texts):
+        tokens = words(text)
+        for gram in tokens + [a + " " + b for a, b in zip(tokens, tokens[1:])]:
+            matrix[row, zlib.crc32(gram.encode()) % buckets] += 1.0  # crc32: the same in every process
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms == 0, 1.0, norms)
+
+
+def prefix_states(prompt: str, completion_tokens: list, tokenizer, cuts: int) -> list:
+    """prompt + the first j/K of the completion, for j = 1..K (the prompt alone is the same for every model)."""
+    length = len(completion_tokens)
+    ends = sorted({max(1, round(j * length / cuts)) for j in range(1, cuts + 1)}) if length else []
+    return [prompt + tokenizer.decode(completion_tokens[:end]) for end in ends]
+
+# -----------------------------------------------------------------------------
+# Distances between two sets of states
+
+
+def pairwise_squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(squared, 0.0)
+
+
+def mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Biased squared MMD with an RBF kernel, bandwidth = median pooled pairwise distance."""
+    pooled = np.concatenate([x, y])
+    distances = pairwise_squared_distances(pooled, pooled)
+    off_diagonal = distances[~np.eye(len(pooled), dtype=bool)]
+    bandwidth = np.sqrt(np.median(off_diagonal)) if off_diagonal.size else 1.0
+    kernel = np.exp(-distances / (2 * max(bandwidth, 1e-12) ** 2))
+    n = len(x)
+    return float(kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean())
+
+
+def centroid_distance(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.linalg.norm(x.mean(0) - y.mean(0)))
+
+
+def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: int = 128, seed: int = 0) -> float:
+    """Mean over random unit directions of the 1-D Wasserstein-1 distance between the projections."""
+    directions = np.random.default_rng(seed).normal(size=(x.shape[1], projections))
+    directions /= np.linalg.norm(directions, axis=0, keepdims=True)
+    quantiles = np.linspace(0, 1, max(len(x), len(y)))
+    a, b = np.quantile(x @ directions, quantiles, axis=0), np.quantile(y @ directions, quantiles, axis=0)
+    return float(np.abs(a - b).mean())
+
+
+def jaccard_distance(texts_a: list, texts_b: list) -> float:
+    a, b = {w for t in texts_a for w in words(t)}, {w for t in texts_b for w in words(t)}
+    return 1.0 - len(a & b) / len(a | b) if a | b else 0.0
+
+
+def distances(x, y, texts_a, texts_b, projections: int, seed: int) -> dict:
+    return {"mmd2": mmd2(x, y), "centroid": centroid_distance(x, y),
+            "sliced_wasserstein": sliced_wasserstein(x, y, projections, seed),
+            "jaccard": jaccard_distance(texts_a, texts_b)}
+
+# -----------------------------------------------------------------------------
+# Rollouts of both models on the fixed prompts
+
+
+def rollouts(path: str, prompts: list, args):
+    model = Qwen3.from_pretrained(path)
+    tokenizer = load_tokenizer(model)
+    ids = [tokenizer.encode(p).ids for p in prompts]
+    completions = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed,
+                           stop=gsm8k.STOP, tokenizer=tokenizer, batch_size=args.batch_size)
+    states = [s for p, c in zip(prompts, completions) for s in prefix_states(p, c.tokens, tokenizer, args.cuts)]
+    return states, [c.text for c in completions]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.drift", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the base model the drift is measured from")
+    parser.add_argument("--model", required=True, help="the post-trained model")
+    parser.add_argument("--data-dir", help="local data (default: the hub)")
+    parser.add_argument("--prompts", type=int, default=200, help="the first N GSM8K test questions")
+    parser.add_argument("--shots", type=int, default=0, help="as in training and evaluation")
+    parser.add_argument("--cuts", type=int, default=4, help="prefix states per rollout")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--features", type=int, default=4096, help="hash buckets of the lexical features")
+    parser.add_argument("--projections", type=int, default=128, help="directions of the sliced Wasserstein")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="results JSON (default: results/<model name>/drift.json)")
+    args = parser.parse_args(argv)
+    try:
+        test = gsm8k.load("test", args.data_dir)[:args.prompts]
+        train = gsm8k.load("train", args.data_dir) if args.shots else []
+        prompts = [gsm8k.prompt(item["question"], gsm8k.exemplars(train, args.shots, index))
+                   for index, item in enumerate(test)]
+        base_states, base_texts = rollouts(args.base, prompts, args)
+        model_states, model_texts = rollouts(args.model, prompts, args)
+        if not base_states or not model_states:
+            raise ValueError("no states: every rollout was empty")
+        x, y = features(base_states, args.features), features(model_states, args.features)
+        result = {"base": args.base, "model": args.model,
+                  "protocol": {"prompts": len(prompts), "shots": args.shots, "cuts": args.cuts,
+                               "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "seed": args.seed,
+                               "features": f"hashed word unigrams + bigrams, {args.features} buckets, L2-normalised",
+                               "mmd": "RBF kernel, median-heuristic bandwidth, biased V-statistic of MMD^2",
+                               "states": [len(base_states), len(model_states)]},
+                  "distances": distances(x, y, base_texts, model_texts, args.projections, args.seed)}
+        out = Path(args.out or Path("results") / Path(args.model.rstrip("/")).name / "drift.json")
+        write_atomically(out, result)
+    except (CheckpointError, DataError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(" | ".join(f"{name} {value:.5f}" for name, value in result["distances"].items()))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
