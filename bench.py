@@ -19,6 +19,7 @@ from model import Config, Qwen3, default_dtype, token_logprobs
 from sample import generate
 
 SHAPES = {  # hidden, layers, heads, kv heads, head_dim, intermediate, vocab
+    "tiny": (64, 2, 4, 2, 32, 128, 512),  # python model.py --write-tiny
     "small": (256, 4, 8, 4, 32, 768, 32000),
     "0.6b": (1024, 28, 16, 8, 128, 3072, 151936),  # Qwen3-0.6B-Base
 }
@@ -99,6 +100,7 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--train-batch", type=int, default=8, help="sequences in the training step")
     parser.add_argument("--train-length", type=int, default=256, help="sequence length of the training step")
     parser.add_argument("--compile", action="store_true", help="compile our decode step (CUDA)")
     parser.add_argument("--skip-training", action="store_true")
@@ -121,7 +123,7 @@ def main():
     if not args.skip_training:
         ours.train()  # full fine-tuning on both sides: every weight gets a gradient
         theirs.train()
-        batch = args.batch[0]
+        batch = args.train_batch
         rows = bench_training(ours, theirs, batch, args.train_length, device)
         print(f"\ntraining step, batch {batch} x {args.train_length}: ours {rows['ours']:.0f} tok/s, "
               f"transformers {rows['transformers']:.0f} tok/s, ratio {rows['ours'] / rows['transformers']:.2f}x")

@@ -248,8 +248,8 @@ class Qwen3(nn.Module):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(device)
         config = Config.from_dict(read_json(directory / "config.json"), str(directory / "config.json"))
-        with torch.device("meta"):  # no memory until the weights arrive
-            model = cls(config)
+        with torch.device("meta"):  # no memory until the weights arrive; then they are allocated in `dtype`
+            model = cls(config).to(dtype)
         model.to_empty(device=device)
         if config.tie_word_embeddings:  # to_empty unties: tie again
             model.lm_head.weight = model.model.embed_tokens.weight
@@ -288,7 +288,7 @@ class Qwen3(nn.Module):
 
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU has it, float32 elsewhere (CPU, T4 and older cards)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):  # T4: emulated, slow
         return torch.bfloat16
     return torch.float32
 
@@ -327,7 +327,8 @@ def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, ch
     """log p(target) at each position from final hidden states: (N, H), (N,) -> (N,) float32.
 
     The LM head runs on `chunk_size` rows at a time, so at most (chunk_size, V) float32 logits exist at once;
-    with gradients on, each chunk is recomputed in backward instead of keeping its logits.
+    with gradients on and several chunks, each chunk is recomputed in backward instead of keeping its logits
+    (one chunk is kept: it costs no more memory than the chunk itself, and saves the recomputation).
     """
     def chunk_logprobs(h, t):
         logits = model.lm_head(h).float()  # (chunk, V)
@@ -335,7 +336,8 @@ def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, ch
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or model.lm_head.weight.requires_grad):
+        several = hidden.shape[0] > chunk_size
+        if several and torch.is_grad_enabled() and (h.requires_grad or model.lm_head.weight.requires_grad):
             pieces.append(checkpoint(chunk_logprobs, h, t, use_reentrant=False))
         else:
             pieces.append(chunk_logprobs(h, t))

@@ -8,6 +8,7 @@ Signal: the teacher, and nothing else (no gold answers, no reward).
     python opd.py --teacher ckpt/sft_stress                 # -> ckpt/opd_sft_stress, student = base model
     python opd.py --teacher ckpt/sft_mild --mode reverse_kl # -> ckpt/opd_sft_mild_reverse_kl
     python opd.py --teacher ckpt/tiny --student ckpt/tiny --data-dir ../shared/data --max-steps 3 --out ckpt/tiny_opd
+    torchrun --nproc_per_node=8 opd.py --teacher ckpt/sft_stress --teacher-dtype bfloat16  # 8 GPUs
 
 Three modes:
   continuation (default, the paper's working variant, DAgger-style): cut each student rollout at K
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+import distributed
 import training
 from evals import gsm8k
 from checkpoint import load_tokenizer
@@ -42,9 +44,10 @@ PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 # The teacher
 
 
-def load_teacher(path: str, student: Qwen3, student_tokenizer, device) -> tuple:
-    """The frozen teacher, refused unless it shares the student's tokenizer and vocabulary size."""
-    teacher = Qwen3.from_pretrained(path, device=device).eval().requires_grad_(False)
+def load_teacher(path: str, student: Qwen3, student_tokenizer, device, dtype=None) -> tuple:
+    """The frozen teacher (in `dtype`; default: bf16 where the GPU has it, else float32), refused unless it
+    shares the student's tokenizer and vocabulary size."""
+    teacher = Qwen3.from_pretrained(path, device=device, dtype=dtype).eval().requires_grad_(False)
     tokenizer = load_tokenizer(teacher)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise ValueError(f"teacher {path} has vocabulary size {teacher.config.vocab_size}, the student "
@@ -139,12 +142,10 @@ def loss_function(run, teacher, mode: str, total: int, args, totals: dict):
 
 
 def opd_step(run, teacher, prompts: list, args) -> dict:
+    """Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
     started = time.perf_counter()
-    run.model.eval()
-    rollouts = generate(run.model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                        n=args.samples_per_prompt, stop=gsm8k.STOP, seed=args.seed * 1_000_003 + run.step,
-                        tokenizer=run.tokenizer, batch_size=args.sample_batch_size)
-    run.model.train()
+    rollouts = run.sample(prompts, n=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size)
     prompts = [prompt for prompt in prompts for _ in range(args.samples_per_prompt)]  # one per rollout
     rollouts = [before_stop(r, run.tokenizer) for r in rollouts]  # the student's tokens, stop text left out
     if args.mode == "continuation":
@@ -153,15 +154,16 @@ def opd_step(run, teacher, prompts: list, args) -> dict:
         sequences = rollout_sequences(teacher, prompts, rollouts, args)
     sampling_s = time.perf_counter() - started
     batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-    total = max(1, sum(batch.mask.sum().item() for batch in batches))
+    total = max(1, distributed.all_sum(sum(batch.mask.sum().item() for batch in batches)))  # every rank's targets
     totals = {"kl": 0.0}
     update = run.train_step(batches, loss_function(run, teacher, args.mode, total, args, totals))
-    stats = {"loss": update["loss"], "lr": update["lr"],
-             "completion_length": sum(map(len, rollouts)) / len(rollouts), "supervised_tokens": total,
-             "sampling_tokens_per_s": sum(map(len, rollouts)) / sampling_s,
+    rollout_tokens, rollout_count = distributed.all_sum(sum(map(len, rollouts))), distributed.all_sum(len(rollouts))
+    stats = {"loss": update["loss"], "lr": update["lr"], "grad_norm": update["grad_norm"],
+             "completion_length": rollout_tokens / max(1, rollout_count), "supervised_tokens": total,
+             "sampling_tokens_per_s": rollout_tokens / sampling_s,
              "train_tokens_per_s": update["train_tokens_per_s"], "sampling_s": sampling_s, "train_s": update["train_s"]}
     if args.mode != "continuation":
-        stats["teacher_kl"] = totals["kl"] / total
+        stats["teacher_kl"] = distributed.all_sum(totals["kl"]) / total
     return stats
 
 
@@ -180,6 +182,8 @@ def parse_args(argv=None):
     parser.add_argument("--continuation-tokens", type=int, default=32, help="continuation: teacher tokens L")
     parser.add_argument("--teacher-temperature", type=float, default=0.0, help="continuation: 0 is greedy")
     parser.add_argument("--sample-batch-size", type=int, default=128)
+    parser.add_argument("--teacher-dtype", choices=training.DTYPES,
+                        help="teacher weights (default: bfloat16 on GPUs that have it, else float32)")
     training.add_arguments(parser, out=None)
     args = training.apply_preset(parser.parse_args(argv), PRESET)
     args.model = args.student or args.model
@@ -193,12 +197,13 @@ def main(argv=None):
     args = parse_args(argv)
     total_steps = min(args.steps, args.max_steps or args.steps)
     run = training.Run(args, total_steps)
-    teacher, _ = load_teacher(args.teacher, run.model, run.tokenizer, run.device)
+    teacher, _ = load_teacher(args.teacher, run.model, run.tokenizer, run.device,
+                              training.DTYPES.get(args.teacher_dtype))
     items = gsm8k.load("train", args.data_dir)[:args.limit]
-    run.progress.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "
-                       f"{args.prompts_per_step} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
+    run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "
+              f"{args.prompts_per_step} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
     while run.step < total_steps:
-        chosen = training.examples_of_step(run.step, len(items), args.prompts_per_step, args.seed)
+        chosen = distributed.shard(training.examples_of_step(run.step, len(items), args.prompts_per_step, args.seed))
         prompts = [run.tokenizer.encode(gsm8k.prompt(items[i]["question"])).ids for i in chosen]
         run.log(opd_step(run, teacher, prompts, args))
     run.save()

@@ -8,6 +8,7 @@ same grader the evaluation uses.
 
     python rl.py                                    # -> ckpt/rl, from Qwen/Qwen3-0.6B-Base, LoRA
     python rl.py --model ckpt/tiny --data-dir ../shared/data --max-steps 3 --out ckpt/tiny_rl
+    torchrun --nproc_per_node=8 rl.py               # 8 GPUs: each rank samples and trains on 1/8 of the prompts
 
 The algorithm, each step:
   1. draw P prompts from GSM8K train and sample G completions of each (temperature 1, one prefill
@@ -31,10 +32,10 @@ import time
 
 import torch
 
+import distributed
 import training
 from evals import gsm8k
 from model import lora_disabled
-from sample import generate
 
 PRESET = dict(lr=2e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 
@@ -113,33 +114,33 @@ def reference_function(run):
 
 
 def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
-    """Sample G completions of each prompt, reward them with reward_of(index, completion), update."""
+    """Sample G completions of each prompt, reward them with reward_of(index, completion), update.
+    Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
     started = time.perf_counter()
-    run.model.eval()
-    completions = generate(run.model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           n=args.group_size, stop=gsm8k.STOP, seed=args.seed * 1_000_003 + run.step,
-                           tokenizer=run.tokenizer, batch_size=args.sample_batch_size)
-    run.model.train()
+    completions = run.sample(prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size)
     sampling_s = time.perf_counter() - started
     rewards = [reward_of(i // args.group_size, c) for i, c in enumerate(completions)]
     advantages = group_advantages(rewards, args.group_size, args.scale_rewards)
-    lengths = [len(c.tokens) for c in completions]
-    total_tokens = max(1, sum(lengths))
     batches = training.make_batches(rollout_sequences(prompts, completions, advantages, args.group_size),
                                     args.micro_batch_tokens, run.device)
+    # every rank's samples (a rank holds whole groups): the token count N of the loss, and the statistics
+    rewards, lengths = distributed.gather(rewards), distributed.gather([len(c.tokens) for c in completions])
+    truncated = distributed.all_sum(sum(c.finish_reason == "length" for c in completions))
+    total_tokens = max(1, sum(lengths))
     groups = [rewards[i:i + args.group_size] for i in range(0, len(rewards), args.group_size)]
     stats = {"reward": sum(rewards) / len(rewards),
              "all_equal_groups": sum(len(set(g)) == 1 for g in groups) / len(groups),
              "completion_length": sum(lengths) / len(lengths), "max_length": max(lengths),
-             "truncated": sum(c.finish_reason == "length" for c in completions) / len(completions),
-             "sampling_tokens_per_s": sum(lengths) / sampling_s}
-    if batches:
+             "truncated": truncated / len(lengths), "sampling_tokens_per_s": sum(lengths) / sampling_s}
+    if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ
         loss_of, totals = policy_loss(run, total_tokens, args.clip, args.kl_coef, reference)
         for _ in range(args.updates_per_batch):
             update = run.train_step(batches, loss_of)
-        stats.update(loss=update["loss"], lr=update["lr"], train_tokens_per_s=update["train_tokens_per_s"])
+        stats.update(loss=update["loss"], lr=update["lr"], grad_norm=update["grad_norm"],
+                     train_tokens_per_s=update["train_tokens_per_s"])
         if args.kl_coef:
-            stats["kl"] = totals["kl"] / totals["tokens"]
+            stats["kl"] = distributed.all_sum(totals["kl"]) / distributed.all_sum(totals["tokens"])
     else:  # nothing to learn from: every group agreed; the step still counts
         run.step += 1
     stats.update(sampling_s=sampling_s, train_s=time.perf_counter() - started - sampling_s)
@@ -148,13 +149,13 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
 
 @torch.no_grad()
 def greedy_accuracy(run, items: list, args) -> float:
-    """Flexible-extract accuracy of greedy completions on a held-out slice of train."""
-    run.model.eval()
+    """Flexible-extract accuracy of greedy completions on a held-out slice of train (each rank a share)."""
+    count, items = len(items), distributed.shard(items)
     prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in items]
-    completions = generate(run.model, prompts, max_new_tokens=args.max_new_tokens, stop=gsm8k.STOP,
-                           tokenizer=run.tokenizer, batch_size=args.sample_batch_size)
-    run.model.train()
-    return sum(gsm8k.score(c.text, item["answer"])["flexible"] for c, item in zip(completions, items)) / len(items)
+    completions = run.sample(prompts, max_new_tokens=args.max_new_tokens, temperature=0.0, stop=gsm8k.STOP,
+                             batch_size=args.sample_batch_size)
+    return distributed.all_sum(sum(gsm8k.score(c.text, item["answer"])["flexible"]
+                                for c, item in zip(completions, items))) / count
 
 
 def parse_args(argv=None):
@@ -186,10 +187,11 @@ def main(argv=None):
     total_steps = min(args.steps, args.max_steps or args.steps)
     run = training.Run(args, total_steps)
     reference = reference_function(run) if args.kl_coef else None
-    run.progress.write(f"rl: {total_steps} steps of {args.prompts_per_step} prompts x {args.group_size} samples, "
-                       f"lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+    run.write(f"rl: {total_steps} steps of {args.prompts_per_step} prompts x {args.group_size} samples, "
+              f"lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
     while run.step < total_steps:
         chosen = [train[i] for i in training.examples_of_step(run.step, len(train), args.prompts_per_step, args.seed)]
+        chosen = distributed.shard(chosen)  # under torchrun: this rank's prompts
         prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in chosen]
         stats = rl_step(run, prompts, lambda i, c: gsm8k.score(c.text, chosen[i]["answer"])[args.reward], args,
                         reference)

@@ -9,6 +9,7 @@ no loss (the mask is built while tokenizing: prompt tokens and target tokens are
     python sft.py --preset mild       # -> ckpt/sft_mild: short, low learning rate (our choice)
     python sft.py --preset stress     # -> ckpt/sft_stress: the paper's 5 epochs, lr 5e-4, LoRA r64 a128
     python sft.py --preset stress --model ckpt/tiny --data-dir ../shared/data --max-steps 5 --out ckpt/tiny_sft
+    torchrun --nproc_per_node=8 sft.py --preset stress   # 8 GPUs: each rank takes 1/8 of every batch
 
 The stress run is the paper's first finding (retention falls when the learner is pushed far on
 states it will not visit itself) and the degraded teacher of opd.py.
@@ -19,6 +20,7 @@ import random
 
 import torch
 
+import distributed
 import training
 from evals import gsm8k
 
@@ -58,8 +60,9 @@ def split_heldout(items: list, heldout: int, seed: int):
 
 
 def masked_cross_entropy(run, batches: list) -> float:
-    """Mean cross-entropy over the target tokens of `batches`: the loss we train on, and the held-out loss."""
-    total = sum(batch.mask.sum().item() for batch in batches)
+    """Mean cross-entropy over the target tokens of `batches`: the loss we train on, and the held-out loss.
+    Under torchrun the mean is over every rank's target tokens, so the ranks' losses add up to it."""
+    total = distributed.all_sum(sum(batch.mask.sum().item() for batch in batches))
     return lambda batch: -training.target_logprobs(run.model, batch).sum() / total
 
 
@@ -67,9 +70,10 @@ def masked_cross_entropy(run, batches: list) -> float:
 def heldout_loss(run, batches: list) -> float:
     run.model.eval()
     with run.autocast():
-        loss = sum(masked_cross_entropy(run, batches)(batch).item() for batch in batches)
+        loss_of = masked_cross_entropy(run, batches)
+        loss = sum(loss_of(batch).item() for batch in batches)
     run.model.train()
-    return loss
+    return distributed.all_sum(loss)
 
 
 def main(argv=None):
@@ -94,16 +98,17 @@ def main(argv=None):
     run = training.Run(args, total_steps)
     eos, context = run.model.config.eos_token_id, run.model.config.max_position_embeddings
     train = encode_examples(train_items, run.tokenizer, eos, context)
-    heldout = training.make_batches(encode_examples(heldout_items, run.tokenizer, eos, context),
+    heldout = training.make_batches(distributed.shard(encode_examples(heldout_items, run.tokenizer, eos, context)),
                                     args.micro_batch_tokens, run.device)
-    run.progress.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout_items)} held out, "
-                       f"{total_steps} steps of {args.batch_size} sequences, lr {args.lr}, "
-                       f"LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+    run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout_items)} held out, "
+              f"{total_steps} steps of {args.batch_size} sequences, lr {args.lr}, "
+              f"LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
     while run.step < total_steps:
         sequences = [train[i] for i in training.examples_of_step(run.step, len(train), args.batch_size, args.seed)]
+        sequences = distributed.shard(sequences)  # under torchrun: this rank's share of the batch
         batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
         stats = run.train_step(batches, masked_cross_entropy(run, batches))
-        if heldout and (run.step % args.eval_every == 0 or run.step == total_steps):
+        if heldout_items and (run.step % args.eval_every == 0 or run.step == total_steps):
             stats["heldout_loss"] = heldout_loss(run, heldout)
         run.log(stats)
     run.save()

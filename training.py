@@ -12,7 +12,13 @@ A training script's life:
         stats = run.train_step(batches, loss_of)   # loss_of(batch) -> scalar, already normalised
         run.log(stats)
     run.save()
+
+Under `torchrun --nproc_per_node=N` the same script runs data-parallel (helpers in distributed.py, DDP
+here): each rank takes its share of the step's sequences or prompts (`shard`), the loss
+normalisers are summed over ranks (`all_sum`), DDP all-reduces the gradients once per step, and only
+rank 0 prints and saves. A single process never starts torch.distributed.
 """
+import contextlib
 import json
 import math
 import random
@@ -22,12 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import DEFAULT_MODEL, CheckpointError, atomic_directory, load_tokenizer
-from model import Qwen3, add_lora, token_logprobs
+from distributed import all_sum, barrier, is_main, setup_distributed, world_size
+from model import Qwen3, add_lora, default_dtype, token_logprobs
+from sample import generate
 
-SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TrainingError(RuntimeError):
@@ -54,7 +63,7 @@ def add_arguments(parser, out: str):
     parser.add_argument("--micro-batch-tokens", type=int, default=8192, help="padded tokens per forward")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
     parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
-    parser.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32")
+    parser.add_argument("--save-dtype", choices=DTYPES, default="float32")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -152,11 +161,13 @@ class Run:
             raise TrainingError(f"--resume: {resume_file} does not exist")
         if not args.resume and self.out.exists() and any(self.out.iterdir()):
             raise TrainingError(f"{self.out} already exists: pass --resume to continue it, or another --out")
-        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = setup_distributed(args.device)  # under torchrun: this rank's GPU, and the process group
         random.seed(args.seed)
         torch.manual_seed(args.seed)
-        # LoRA: base weights in bf16 on CUDA, adapters in float32. Full fine-tuning: float32 master weights.
-        dtype = torch.float32 if self.device.type == "cpu" or not args.lora_rank else torch.bfloat16
+        # bf16 compute where the GPU has it; float32 on CPU and on GPUs without bf16 (T4 and older).
+        # LoRA: base weights in that dtype, adapters in float32. Full fine-tuning: float32 master weights.
+        self.compute_dtype = default_dtype(self.device)
+        dtype = self.compute_dtype if args.lora_rank else torch.float32
         self.model = Qwen3.from_pretrained(args.model, device=self.device, dtype=dtype)
         self.tokenizer = load_tokenizer(self.model)
         if args.lora_rank:
@@ -169,8 +180,11 @@ class Run:
         self.step, self.metrics = 0, []
         if args.resume:
             self.load_resume(resume_file)
+        self.ddp = None
+        if world_size() > 1:  # distributed: DDP all-reduces the gradients (and starts every rank from rank 0's weights)
+            self.ddp = DistributedDataParallel(LossModule(self.model), gradient_as_bucket_view=True)
         self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
-                             disable=None)
+                             disable=None if is_main() else True)
         self.started = time.perf_counter()
 
     def learning_rate(self) -> float:
@@ -181,8 +195,22 @@ class Run:
         progress = (self.step - warmup) / max(1, self.total_steps - warmup)
         return self.args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def sample(self, prompts: list, **options) -> list:
+        """The policy's own states: sample.generate in eval mode (no dropout), seeded by --seed and the step,
+        so a resumed run draws the samples an uninterrupted one would."""
+        self.model.eval()
+        completions = generate(self.model, prompts, seed=self.args.seed * 1_000_003 + self.step,
+                               tokenizer=self.tokenizer, **options)
+        self.model.train()
+        return completions
+
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16)
+
+    def write(self, text: str):
+        """A line on the console, from rank 0 only."""
+        if is_main():
+            self.progress.write(text)
 
     def train_step(self, batches: list, loss_of) -> dict:
         """One optimizer step over micro-batches; `loss_of(batch)` is normalised for the whole step."""
@@ -190,13 +218,16 @@ class Run:
         learning_rate = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
+        if self.ddp is not None and not batches:  # distributed: a rank with no data still joins the all-reduce
+            batches, loss_of = [None], lambda batch: sum(p.sum() for p in self.parameters) * 0.0
         total = 0.0
-        for batch in batches:
-            with self.autocast():
-                loss = loss_of(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"step {self.step + 1}: loss is {loss.item()}; stopped before saving anything")
-            loss.backward()
+        for index, batch in enumerate(batches):
+            with self.no_sync(index < len(batches) - 1):
+                with self.autocast():
+                    loss = loss_of(batch) if self.ddp is None else self.ddp(loss_of, batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"step {self.step + 1}: loss is {loss.item()}; stopped before saving anything")
+                (loss * world_size()).backward()  # DDP averages over ranks: see no_sync
             total += loss.item()
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.args.grad_clip)
         if not torch.isfinite(norm):
@@ -204,10 +235,20 @@ class Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        tokens = sum(b.input_ids.numel() for b in batches)
+        tokens = all_sum(sum(b.input_ids.numel() for b in batches if b is not None))  # every rank's
         seconds = time.perf_counter() - started
-        return {"loss": total, "lr": learning_rate, "grad_norm": norm.item(), "train_tokens_per_s": tokens / seconds,
-                "train_s": seconds}
+        stats = {"loss": all_sum(total), "lr": learning_rate, "grad_norm": norm.item(),
+                 "train_tokens_per_s": tokens / seconds, "train_s": seconds}
+        if self.device.type == "cuda":
+            stats["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return stats
+
+    def no_sync(self, skip: bool):
+        """Distributed: DDP all-reduces (averages) the gradients in the backward of the last micro-batch only.
+
+        Every loss is divided by a count summed over all ranks, so the sum of the ranks' gradients is the
+        one-process gradient; backward of world_size x loss turns DDP's average into that sum."""
+        return self.ddp.no_sync() if self.ddp is not None and skip else contextlib.nullcontext()
 
     def log(self, stats: dict):
         """One line per step on the console, one JSON line in metrics.jsonl (written with the checkpoint)."""
@@ -215,14 +256,21 @@ class Run:
         self.metrics.append(record)
         self.progress.update(1)
         shown = " | ".join(f"{name} {format_number(value)}" for name, value in stats.items())
-        self.progress.write(f"step {self.step}/{self.total_steps} | {shown}")
+        self.write(f"step {self.step}/{self.total_steps} | {shown}")
         if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.total_steps:
             self.save()
 
     def save(self):
-        """Checkpoint (LoRA merged) + args + metrics + resume state, all replacing --out in one rename."""
+        """Checkpoint (LoRA merged) + args + metrics + resume state, all replacing --out in one rename.
+        Rank 0 writes (every rank holds the same weights); the others wait for it."""
+        if is_main():
+            self.write_checkpoint()
+        if world_size() > 1:
+            barrier()
+
+    def write_checkpoint(self):
         with atomic_directory(self.out) as staging:
-            self.model.write_checkpoint(staging, SAVE_DTYPES[self.args.save_dtype])
+            self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
             (staging / "args.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
             (staging / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
             (staging / "resume").mkdir()
@@ -231,7 +279,7 @@ class Run:
                         "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        staging / "resume" / "state.pt")
-        self.progress.write(f"saved {self.out} at step {self.step}")
+        self.write(f"saved {self.out} at step {self.step}")
 
     def load_resume(self, resume_file: Path):
         state = torch.load(resume_file, map_location=self.device, weights_only=False)
@@ -256,3 +304,15 @@ def format_number(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
     return str(value)
+
+
+class LossModule(torch.nn.Module):
+    """The model, as the module DDP wraps: DDP all-reduces the gradients of what runs in its forward, and
+    our losses run the model themselves (hidden states, the LM head only where a loss is), so the
+    forward is the whole loss: ddp(loss_of, batch) = loss_of(batch)."""
+    def __init__(self, model: Qwen3):
+        super().__init__()
+        self.model = model
+
+    def forward(self, loss_of, batch):
+        return loss_of(batch)

@@ -4,6 +4,7 @@ Evaluate a checkpoint on GSM8K, TruthfulQA and MMLU and write a JSON results fil
     python -m evals Qwen/Qwen3-0.6B-Base                         # all tasks, zero-shot, data from the hub
     python -m evals ckpt/sft_mild --data-dir ../shared/data --out results/sft_mild.json
     python -m evals ckpt/tiny --data-dir ../shared/data --limit 50 --shots 5 --tasks gsm8k,mmlu
+    torchrun --nproc_per_node=8 -m evals ckpt/sft_mild   # 8 GPUs: each evaluates 1/8 of the batches
 
 --shots applies to GSM8K and MMLU (TruthfulQA's preamble is fixed); --limit N evaluates N items per task
 (GSM8K and TruthfulQA: the first N; MMLU: N taken round-robin over the subjects). The results file holds
@@ -15,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import distributed
 from checkpoint import CheckpointError, load_tokenizer
 from evals import DataError, gsm8k, mmlu, truthfulqa, write_atomically
 from model import Qwen3
@@ -74,7 +76,7 @@ def load_data(tasks: list, shots: int, data_dir) -> dict:
 
 
 def evaluate(args, tasks: list, data: dict, model, tokenizer) -> dict:
-    options = dict(limit=args.limit, batch_size=args.batch_size)
+    options = dict(limit=args.limit, batch_size=args.batch_size, progress=distributed.is_main())
     results = {}
     for task in tasks:
         if task == "gsm8k":
@@ -108,11 +110,14 @@ def main(argv=None) -> int:
     try:
         tasks = check_args(args)
         data = load_data(tasks, args.shots, args.data_dir)
-        model = Qwen3.from_pretrained(args.model)
+        device = distributed.setup_distributed()  # under torchrun: this rank's GPU; the graders split the batches
+        model = Qwen3.from_pretrained(args.model, device=device)
         tokenizer = load_tokenizer(model)
         started = time.perf_counter()
         results = evaluate(args, tasks, data, model, tokenizer)
         out = Path(args.out) if args.out else Path("results") / f"{Path(args.model.rstrip('/')).name}.json"
+        if not distributed.is_main():  # every rank holds the whole results; rank 0 writes them
+            return 0
         write_atomically(out, results)
     except (CheckpointError, DataError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,6 +17,7 @@ import time
 from tqdm import tqdm
 
 import sample
+from distributed import gather, shard
 from evals import DataError, binomial_stderr, data_file, hub_rows, subset_text
 
 MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks
@@ -133,20 +134,22 @@ def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=
                              f"(use fewer --shots)")
 
     started = time.perf_counter()
-    completions = [None] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # similar lengths batch together
-    with tqdm(total=len(items), desc="gsm8k", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+    # under torchrun each rank runs its share of the batches (the batches one process would run), then all gather
+    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
+    completions = {}  # item index -> Completion
+    with tqdm(total=sum(map(len, chunks)), desc="gsm8k", disable=not progress) as bar:
+        for chunk in chunks:
             outputs = sample.generate(model, [prompts[i] for i in chunk], max_new_tokens=MAX_NEW_TOKENS,
                                       temperature=0.0, stop=STOP, tokenizer=tokenizer)
-            for i, completion in zip(chunk, outputs):
-                completions[i] = completion
+            completions.update(zip(chunk, outputs))
             bar.update(len(chunk))
+    completions = dict(gather(list(completions.items())))
     seconds = time.perf_counter() - started
 
     records = []
-    for index, (item, completion) in enumerate(zip(items, completions)):
+    for index, item in enumerate(items):
+        completion = completions[index]
         records.append({"id": f"test/{index}", "prompt_tokens": len(prompts[index]),
                         "prediction": completion.text, "finish_reason": completion.finish_reason,
                         "extracted": extract(completion.text), "reference": normalize(item["answer"]),

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 import sample
+from distributed import gather, shard
 from evals import DataError, binomial_stderr, encode_pairs, hub_rows
 
 LETTERS = "ABCD"  # lm-eval _default_template_yaml: doc_to_choice ["A", "B", "C", "D"]
@@ -112,20 +113,23 @@ def evaluate(model, tokenizer, test: dict, dev: dict, *, shots: int = 0, limit=N
                              f"tokens, more than the model's context of {context_length} (use fewer --shots)")
 
     started = time.perf_counter()
-    loglikelihoods = [None] * len(chosen)
     order = sorted(range(len(chosen)), key=lambda i: len(requests[4 * i][0]))  # by prompt length
-    with tqdm(total=len(chosen), desc="mmlu", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+    # under torchrun each rank runs its share of the batches (the batches one process would run), then all gather
+    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
+    loglikelihoods = {}  # item index -> the four letters' scores
+    with tqdm(total=sum(map(len, chunks)), desc="mmlu", disable=not progress) as bar:
+        for chunk in chunks:
             # the 4 requests of a question have the same model input: one forward row per question
             results = sample.score(model, [requests[4 * i + j] for i in chunk for j in range(4)], batch_size)
             for n, i in enumerate(chunk):
                 loglikelihoods[i] = [sum(values) for values in results[4 * n:4 * n + 4]]
             bar.update(len(chunk))
+    loglikelihoods = dict(gather(list(loglikelihoods.items())))
     seconds = time.perf_counter() - started
 
     records, subjects = [], {}
-    for (subject, index), scores in zip(chosen, loglikelihoods):
+    for position, (subject, index) in enumerate(chosen):
+        scores = loglikelihoods[position]
         answer, predicted = test[subject][index]["answer"], int(np.argmax(scores))
         records.append({"id": f"{subject}/test/{index}", "subject": subject, "loglikelihoods": scores,
                         "prediction": LETTERS[predicted], "answer": LETTERS[answer],

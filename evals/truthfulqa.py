@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 import sample
+from distributed import gather, shard
 from evals import DataError, binomial_stderr, bootstrap_stderr, data_file, encode_pairs, hub_rows, subset_text
 
 # lm-eval truthfulqa_mc1.yaml, doc_to_text: the `prompt_qa` preamble, then '\n\nQ: ' + question + '\nA:'
@@ -115,20 +116,23 @@ def evaluate(model, tokenizer, items: list, *, limit=None, seed: int = 1234, bat
                              f"{context_length}")
 
     started = time.perf_counter()
-    loglikelihoods = [None] * len(questions)
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i][0][0][0]))  # by context length
-    with tqdm(total=len(questions), desc="truthfulqa", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+    # under torchrun each rank runs its share of the batches (the batches one process would run), then all gather
+    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
+    loglikelihoods = {}  # question index -> [mc1's choices' scores, mc2's]
+    with tqdm(total=sum(map(len, chunks)), desc="truthfulqa", disable=not progress) as bar:
+        for chunk in chunks:
             requests = [request for i in chunk for part in encoded[i] for request in part]
             results = iter(sample.score(model, requests, batch_size=batch_size))
             for i in chunk:  # summed log-probabilities: [mc1's choices, mc2's choices]
                 loglikelihoods[i] = [[sum(next(results)) for _ in part] for part in encoded[i]]
             bar.update(len(chunk))
+    loglikelihoods = dict(gather(list(loglikelihoods.items())))
     seconds = time.perf_counter() - started
 
     records = []
-    for index, (item, (mc1_scores, mc2_scores)) in enumerate(zip(questions, loglikelihoods)):
+    for index, item in enumerate(questions):
+        mc1_scores, mc2_scores = loglikelihoods[index]
         chosen = int(np.argmax(mc1_scores))
         records.append({"id": f"validation/{index}", "question": item["question"],
                         "mc1_loglikelihoods": mc1_scores, "mc2_loglikelihoods": mc2_scores,

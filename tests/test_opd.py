@@ -134,6 +134,20 @@ def test_mismatched_vocabulary_is_refused(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("mode", ["continuation", "reverse_kl", "full_kl"])
+def test_teacher_in_bf16_with_a_float32_student(tmp_path, tiny_checkpoint, digit_teacher, mode):
+    """--teacher-dtype bfloat16 halves the teacher's memory; every mode still runs a step against it."""
+    args = opd.parse_args(["--teacher", str(digit_teacher), "--student", str(tiny_checkpoint), "--out",
+                           str(tmp_path / "s"), "--max-new-tokens", "3", "--mode", mode, "--teacher-dtype", "bfloat16"])
+    run = training.Run(args, total_steps=1)
+    teacher, _ = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device,
+                                  training.DTYPES[args.teacher_dtype])
+    assert teacher.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert run.model.model.embed_tokens.weight.dtype == torch.float32
+    stats = opd.opd_step(run, teacher, [run.tokenizer.encode(text).ids for text in TOY_PROMPTS], args)
+    assert math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("mode", ["continuation", "reverse_kl", "full_kl"])
 def test_each_mode_moves_the_student_towards_the_teacher(tmp_path, tiny_checkpoint, digit_teacher, mode):
     args, run, teacher = student_run(tmp_path, tiny_checkpoint, digit_teacher, "--mode", mode, "--lr", "3e-2",
                                      "--lora-rank", "0", "--warmup-steps", "0", "--cuts", "2",

@@ -1,0 +1,62 @@
+"""
+Data-parallel runs with torchrun: `torchrun --nproc_per_node=N script.py ...` starts N copies of a script,
+one per GPU (or N CPU processes with gloo). Each rank takes its share of a step's data (`shard`), the
+counts that losses and statistics are divided by are summed over the ranks (`all_sum`), and DDP
+(in training.py) all-reduces the gradients. Without torchrun, world_size() is 1 and every helper here
+returns its input: a single process never touches torch.distributed.
+"""
+import atexit
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup_distributed(device=None) -> torch.device:
+    """The device to run on. Under torchrun also join the process group: NCCL and one GPU per rank, or gloo on CPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+        atexit.register(dist.destroy_process_group)
+    return device
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shard(items: list) -> list:
+    """This rank's share of `items`: every world_size-th item from its rank on (all of them in one process)."""
+    return items[rank()::world_size()]
+
+
+def gather(items: list) -> list:
+    """Every rank's `items`, concatenated in rank order, on every rank."""
+    if world_size() == 1:
+        return items
+    pieces = [None] * world_size()
+    dist.all_gather_object(pieces, items)
+    return [item for piece in pieces for item in piece]
+
+
+def all_sum(value):
+    """`value` summed over the ranks: the global count that a loss or a statistic is divided by."""
+    return sum(gather([value]))
+
+
+def barrier():
+    """Wait for every rank (rank 0 saving a checkpoint, say)."""
+    if dist.is_initialized():
+        dist.barrier()
