@@ -21,8 +21,16 @@ def setup_distributed(device=None) -> torch.device:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
-        atexit.register(dist.destroy_process_group)
+        atexit.register(leave)
     return device
+
+
+def leave():
+    """At exit: wait for every rank, then tear the process group down. A rank that leaves while another
+    still talks to it makes gloo abort (SIGABRT) at shutdown."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def world_size() -> int:
