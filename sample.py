@@ -15,6 +15,7 @@ Sampling is reproducible per prompt: each prompt's random numbers come from a ge
 import argparse
 import sys
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 
@@ -107,7 +108,7 @@ def generate(model: Qwen3, prompts: list, *, max_new_tokens: int, temperature: f
     `stop` strings end a row when they appear in its decoded text (needs `tokenizer`); the text is cut
     before the stop string, the tokens keep the token that completed it. `eos_token_id` defaults to
     the checkpoint's. `batch_size` caps the rows (prompts x n) decoded together; prompts of similar
-    length are batched together. `compile` compiles the fixed-shape decode step (CUDA).
+    length are batched together. `compile` compiles the fixed-shape decode step (CUDA graphs on a GPU).
     """
     context = model.config.max_position_embeddings
     for prompt in prompts:
@@ -176,8 +177,10 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
         if finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) or step == max_new_tokens - 1:
             break
         slot = P + step
-        width = max_len if compile else slot + 1  # compiled: fixed shapes, mask over all slots
-        mask = (slots[None, :width] >= pad[:, None])[:, None, None]  # (B*n, 1, 1, width)
+        # a row sees its own slots up to this one; compiled: fixed shapes, so the mask spans every slot
+        width = max_len if compile else slot + 1
+        visible = (slots[None, :width] >= pad[:, None]) & (slots[None, :width] <= slot)
+        mask = visible[:, None, None]  # (B*n, 1, 1, width)
         positions = (slot - pad)[:, None]  # (B*n, 1)
         hidden = step_function(chosen[:, None], positions, mask, cache, slots[slot:slot + 1], return_hidden=True)
 
@@ -213,11 +216,14 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
     return all(reason != "length" for reason in reasons)
 
 
+COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled forward (not an attribute: no submodule cycle)
+
+
 def compiled_decode(model: Qwen3):
-    """The model's forward compiled for one-token decode steps: fixed shapes, CUDA graphs."""
-    if getattr(model, "compiled_forward", None) is None:
-        model.compiled_forward = torch.compile(model, mode="reduce-overhead", dynamic=False)
-    return model.compiled_forward
+    """The model's forward compiled for one-token decode steps: fixed shapes, CUDA graphs on a GPU."""
+    if model not in COMPILED:
+        COMPILED[model] = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    return COMPILED[model]
 
 # -----------------------------------------------------------------------------
 # Scoring given sequences
@@ -283,7 +289,7 @@ def main():
     parser.add_argument("--n", type=int, default=1, help="samples of the prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
-    parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     args = parser.parse_args()
     model = Qwen3.from_pretrained(args.model)
     tokenizer = load_tokenizer(model)

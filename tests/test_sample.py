@@ -189,3 +189,16 @@ def test_cli(tiny_checkpoint):
     bad = subprocess.run([sys.executable, "sample.py", "--model", "/no/such/dir", "--prompt", "x"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "not a checkpoint" in bad.stderr
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_same_tokens(lively):
+    """torch.compile of the fixed-shape decode step (inductor; CUDA graphs on a GPU) changes nothing."""
+    model, tokenizer = lively
+    prompts = prompts_of(tokenizer)
+    eager = generate(model, prompts, max_new_tokens=12, eos_token_id=-1)
+    compiled = generate(model, prompts, max_new_tokens=12, eos_token_id=-1, compile=True)
+    for prompt, a, b in zip(prompts, eager, compiled):
+        _, margins = greedy_without_cache(model, prompt, 12)
+        assert agree_while_clear(b.tokens, a.tokens, margins)
+        assert torch.tensor(b.logprobs) == pytest.approx(torch.tensor(a.logprobs), abs=1e-4)
