@@ -135,7 +135,7 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
              "truncated": truncated / len(lengths), "sampling_tokens_per_s": sum(lengths) / sampling_s}
     if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ
         loss_of, totals = policy_loss(run, total_tokens, args.clip, args.kl_coef, reference)
-        for _ in range(args.updates_per_batch):
+        for _ in range(min(args.updates_per_batch, run.total_steps - run.step)):  # PPO: K steps per batch
             update = run.train_step(batches, loss_of)
         stats.update(loss=update["loss"], lr=update["lr"], grad_norm=update["grad_norm"],
                      train_tokens_per_s=update["train_tokens_per_s"])
@@ -160,7 +160,8 @@ def greedy_accuracy(run, items: list, args) -> float:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (each on fresh samples)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="optimizer steps (fresh samples every --updates-per-batch steps)")
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=256)
