@@ -44,7 +44,7 @@ PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 # The teacher
 
 
-def load_teacher(path: str, student: Qwen3, student_tokenizer, device, dtype=None) -> tuple:
+def load_teacher(path: str, student: Qwen3, student_tokenizer, device, dtype=None) -> Qwen3:
     """The frozen teacher (in `dtype`; default: bf16 where the GPU has it, else float32), refused unless it
     shares the student's tokenizer and vocabulary size."""
     teacher = Qwen3.from_pretrained(path, device=device, dtype=dtype).eval().requires_grad_(False)
@@ -54,7 +54,7 @@ def load_teacher(path: str, student: Qwen3, student_tokenizer, device, dtype=Non
                          f"{student.config.vocab_size}: distillation needs the same vocabulary")
     if tokenizer.get_vocab(with_added_tokens=True) != student_tokenizer.get_vocab(with_added_tokens=True):
         raise ValueError(f"teacher {path} has a different tokenizer from the student's: same token ids are needed")
-    return teacher, tokenizer
+    return teacher
 
 
 def cut_points(length: int, cuts: int) -> list:
@@ -197,7 +197,7 @@ def main(argv=None):
     args = parse_args(argv)
     total_steps = min(args.steps, args.max_steps or args.steps)
     run = training.Run(args, total_steps)
-    teacher, _ = load_teacher(args.teacher, run.model, run.tokenizer, run.device,
+    teacher = load_teacher(args.teacher, run.model, run.tokenizer, run.device,
                               training.DTYPES.get(args.teacher_dtype))
     items = gsm8k.load("train", args.data_dir)[:args.limit]
     run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "

@@ -59,7 +59,7 @@ def split_heldout(items: list, heldout: int, seed: int):
 # The objective
 
 
-def masked_cross_entropy(run, batches: list) -> float:
+def masked_cross_entropy(run, batches: list):
     """Mean cross-entropy over the target tokens of `batches`: the loss we train on, and the held-out loss.
     Under torchrun the mean is over every rank's target tokens, so the ranks' losses add up to it."""
     total = distributed.all_sum(sum(batch.mask.sum().item() for batch in batches))

@@ -106,7 +106,7 @@ def make_batches(sequences: list, max_tokens: int, device="cpu") -> list:
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]["tokens"]))
     groups, current = [], []
     for index in order:
-        longest = max([len(sequences[i]["tokens"]) - 1 for i in current + [index]])
+        longest = len(sequences[index]["tokens"]) - 1  # shortest first: the newest is the longest of the group
         if current and longest * (len(current) + 1) > max_tokens:
             groups.append(current)
             current = []

@@ -46,7 +46,7 @@ def student_run(tmp_path, tiny_checkpoint, teacher, *flags):
     args = opd.parse_args(["--teacher", str(teacher), "--student", str(tiny_checkpoint), "--out", str(tmp_path / "s"),
                            "--max-new-tokens", "3", "--prompts-per-step", "4", *flags])
     run = training.Run(args, total_steps=25)
-    loaded, _ = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device)
+    loaded = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device)
     return args, run, loaded
 
 
@@ -139,7 +139,7 @@ def test_teacher_in_bf16_with_a_float32_student(tmp_path, tiny_checkpoint, digit
     args = opd.parse_args(["--teacher", str(digit_teacher), "--student", str(tiny_checkpoint), "--out",
                            str(tmp_path / "s"), "--max-new-tokens", "3", "--mode", mode, "--teacher-dtype", "bfloat16"])
     run = training.Run(args, total_steps=1)
-    teacher, _ = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device,
+    teacher = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device,
                                   training.DTYPES[args.teacher_dtype])
     assert teacher.model.embed_tokens.weight.dtype == torch.bfloat16
     assert run.model.model.embed_tokens.weight.dtype == torch.float32
