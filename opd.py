@@ -82,7 +82,8 @@ def continuation_sequences(run, teacher, prompts: list, rollouts: list, args) ->
                 for cut in cut_points(len(rollout), args.cuts)]
     continuations = generate(teacher, prefixes, max_new_tokens=args.continuation_tokens,
                              temperature=args.teacher_temperature, stop=gsm8k.STOP, tokenizer=run.tokenizer,
-                             seed=args.seed * 1_000_003 + run.step, batch_size=args.sample_batch_size)
+                             seed=args.seed * 1_000_003 + run.step, batch_size=args.sample_batch_size,
+                             compile=args.compile)
     sequences = []
     for prefix, continuation in zip(prefixes, continuations):
         taught = before_stop(continuation, run.tokenizer)
@@ -145,7 +146,8 @@ def opd_step(run, teacher, prompts: list, args) -> dict:
     """Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
     started = time.perf_counter()
     rollouts = run.sample(prompts, n=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size)
+                          temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size,
+                          compile=args.compile)
     prompts = [prompt for prompt in prompts for _ in range(args.samples_per_prompt)]  # one per rollout
     rollouts = [before_stop(r, run.tokenizer) for r in rollouts]  # the student's tokens, stop text left out
     if args.mode == "continuation":
@@ -181,7 +183,8 @@ def parse_args(argv=None):
     parser.add_argument("--cuts", type=int, default=4, help="continuation: cut points K per rollout")
     parser.add_argument("--continuation-tokens", type=int, default=32, help="continuation: teacher tokens L")
     parser.add_argument("--teacher-temperature", type=float, default=0.0, help="continuation: 0 is greedy")
-    parser.add_argument("--sample-batch-size", type=int, default=128)
+    parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
+    parser.add_argument("--compile", action="store_true", help="compile the decode steps (CUDA graphs on a GPU)")
     parser.add_argument("--teacher-dtype", choices=training.DTYPES,
                         help="teacher weights (default: bfloat16 on GPUs that have it, else float32)")
     training.add_arguments(parser, out=None)

@@ -118,7 +118,8 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
     Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
     started = time.perf_counter()
     completions = run.sample(prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size)
+                             temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size,
+                             compile=args.compile)
     sampling_s = time.perf_counter() - started
     rewards = [reward_of(i // args.group_size, c) for i, c in enumerate(completions)]
     advantages = group_advantages(rewards, args.group_size, args.scale_rewards)
@@ -153,7 +154,7 @@ def greedy_accuracy(run, items: list, args) -> float:
     count, items = len(items), distributed.shard(items)
     prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in items]
     completions = run.sample(prompts, max_new_tokens=args.max_new_tokens, temperature=0.0, stop=gsm8k.STOP,
-                             batch_size=args.sample_batch_size)
+                             batch_size=args.sample_batch_size, compile=args.compile)
     return distributed.all_sum(sum(gsm8k.score(c.text, item["answer"])["flexible"]
                                 for c, item in zip(completions, items))) / count
 
@@ -172,6 +173,7 @@ def parse_args(argv=None):
     parser.add_argument("--updates-per-batch", type=int, default=1, help=">1: PPO-style clipped updates")
     parser.add_argument("--clip", type=float, default=0.2, help="PPO clip range")
     parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     parser.add_argument("--eval-every", type=int, default=25, help="greedy accuracy on held-out train items")
     parser.add_argument("--eval-items", type=int, default=64)
     training.add_arguments(parser, out="ckpt/rl")

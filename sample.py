@@ -6,8 +6,8 @@ Sampling with a hand-written static KV cache: the engine that produces the learn
 
 A batch of ragged prompts is left-padded, so every row writes the same cache slot at each step:
 row b holds pad[b] padding slots, then its prompt, then its completion. Each row has its own rotary
-positions (slot - pad[b]) and a mask that hides its padding. The prompts are prefilled once and their
-cache is copied n times, so the n samples of a prompt share one prefill.
+positions (slot - pad[b]) and a mask that hides its padding. Each prompt is prefilled once and its
+cache copied to the other rows of its group, so the n samples of a prompt share one prefill.
 
 Sampling is reproducible per prompt: each prompt's random numbers come from a generator seeded by
 (seed, the prompt's tokens), so a prompt gets the same samples alone, in a batch, or on another rank.
@@ -48,10 +48,17 @@ class KVCache:
         self.values[layer].index_copy_(2, slots, v)
         return self.keys[layer], self.values[layer]
 
-    def repeat(self, n: int):
-        """Copy each row n times (n samples of one prompt after a shared prefill)."""
-        self.keys = [k.repeat_interleave(n, dim=0) for k in self.keys]
-        self.values = [v.repeat_interleave(n, dim=0) for v in self.values]
+    def view(self, rows: slice) -> "KVCache":
+        """The same memory, restricted to some rows."""
+        view = object.__new__(KVCache)
+        view.keys, view.values = [k[rows] for k in self.keys], [v[rows] for v in self.values]
+        return view
+
+    def share_prefill(self, n: int, length: int):
+        """Copy the first `length` slots of each group's first row into its other n - 1 rows."""
+        for buffer in self.keys + self.values:
+            groups = buffer.unflatten(0, (-1, n))  # (prompts, n, kv_heads, max_len, head_dim)
+            groups[:, 1:, :, :length] = groups[:, :1, :, :length]
 
 # -----------------------------------------------------------------------------
 # Choosing the next token
@@ -140,27 +147,33 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
     max_len = P + max_new_tokens
     pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
     input_ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
-    slots = torch.arange(max_len, device=device)  # (S,)
 
-    # --- prefill: every prompt once; a padding slot attends only to itself (no empty softmax rows)
-    cache = KVCache(model, len(prompts), max_len)
+    rows = len(prompts) * n
+    if compile:  # a view of the compiled step's own cache, its length rounded up (see CompiledDecoder)
+        decoder = compiled_decoder(model)
+        cache, step_function = decoder.cache_for(model, rows, max_len), decoder.step
+    else:
+        cache, step_function = KVCache(model, rows, max_len), model
+    slots = torch.arange(cache.keys[0].shape[2], device=device)  # (S,)
+
+    # --- prefill: each prompt once, into the first row of its group of n; a padding slot attends only
+    # to itself (no empty softmax rows)
     query, key = slots[:P, None], slots[None, :P]
     real_key = key >= pad[:, None, None]  # (B, 1, P)
     mask = ((key <= query) & (real_key | (key == query)))[:, None]  # (B, 1, P, P)
     positions = (slots[None, :P] - pad[:, None]).clamp(min=0)  # (B, P)
-    hidden = model(input_ids, positions, mask, cache, slots[:P], return_hidden=True)[:, -1:]  # (B, 1, H)
+    first_rows = cache.view(slice(None, None, n))
+    hidden = model(input_ids, positions, mask, first_rows, slots[:P], return_hidden=True)[:, -1:]  # (B, 1, H)
 
-    # --- n samples per prompt share the prefill: copy cache rows, pads, and the last hidden state
-    cache.repeat(n)
+    # --- n samples per prompt share the prefill: copy it to the group's other rows, and pads, hidden state
+    cache.share_prefill(n, P)
     pad, hidden = pad.repeat_interleave(n), hidden.repeat_interleave(n, dim=0)
-    rows = len(prompts) * n
     uniforms = torch.zeros(rows, max_new_tokens)  # (B*n, new): each prompt's stream, drawn up front
     if temperature > 0:
         for i, prompt in enumerate(prompts):
             generator = prompt_generator(seed, prompt) if seed is not None else None
             uniforms[i * n:(i + 1) * n] = torch.rand(n, max_new_tokens, generator=generator)
     uniforms = uniforms.to(device)
-    step_function = compiled_decode(model) if compile else model
 
     tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)  # (B*n, new)
     logprobs = torch.zeros(rows, max_new_tokens, device=device)
@@ -178,7 +191,7 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
             break
         slot = P + step
         # a row sees its own slots up to this one; compiled: fixed shapes, so the mask spans every slot
-        width = max_len if compile else slot + 1
+        width = len(slots) if compile else slot + 1
         visible = (slots[None, :width] >= pad[:, None]) & (slots[None, :width] <= slot)
         mask = visible[:, None, None]  # (B*n, 1, 1, width)
         positions = (slot - pad)[:, None]  # (B*n, 1)
@@ -216,13 +229,36 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
     return all(reason != "length" for reason in reasons)
 
 
-COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled forward (not an attribute: no submodule cycle)
+class CompiledDecoder:
+    """The model's forward compiled for one-token decode steps (CUDA graphs on a GPU), and its cache.
+
+    A CUDA graph replays fixed memory addresses, and torch.compile records none for a step that writes
+    into an ordinary input tensor. So the cache is one allocation that only grows, and a call gets a view
+    of its first rows, marked static: a shape always has the same memory, and its recorded step replays.
+    The length is rounded up to a power of two, so that most prompt lengths reuse a shape instead of
+    compiling again; the decode mask hides the slots beyond a row.
+    """
+    def __init__(self, model: Qwen3):
+        self.step = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        self.cache = None
+
+    def cache_for(self, model: Qwen3, rows: int, max_len: int) -> KVCache:
+        length = max(256, 1 << (max_len - 1).bit_length())
+        held_rows, _, held_length, _ = self.cache.keys[0].shape if self.cache else (0, 0, 0, 0)
+        if rows > held_rows or length > held_length:
+            self.cache = None  # free the old cache before allocating the larger one
+            self.cache = KVCache(model, max(rows, held_rows), max(length, held_length))
+        view = self.cache.view(slice(rows))
+        for tensor in view.keys + view.values:
+            torch._dynamo.mark_static_address(tensor)  # unguarded: a new address re-records, never recompiles
+        return view
+
+COMPILED = weakref.WeakKeyDictionary()  # model -> its CompiledDecoder (not an attribute: no submodule cycle)
 
 
-def compiled_decode(model: Qwen3):
-    """The model's forward compiled for one-token decode steps: fixed shapes, CUDA graphs on a GPU."""
+def compiled_decoder(model: Qwen3) -> CompiledDecoder:
     if model not in COMPILED:
-        COMPILED[model] = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        COMPILED[model] = CompiledDecoder(model)
     return COMPILED[model]
 
 # -----------------------------------------------------------------------------

@@ -38,17 +38,19 @@ def training_runs(args, seed: int) -> list:
     suffix = "" if seed == 0 else f"_seed{seed}"
     common = ["--model", args.model, "--seed", str(seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     tiny = TINY if args.tiny else {}
+    common_sampling = common + (["--compile"] if args.compile else [])
 
     def checkpoint(name):
         return str(args.ckpt_dir / (name + suffix))
     runs = [("sft_mild", ["sft.py", "--preset", "mild", *common, *tiny.get("sft", [])]),
             ("sft_stress", ["sft.py", "--preset", "stress", *common, *tiny.get("sft", [])]),
-            ("opd_sft_stress", ["opd.py", "--teacher", checkpoint("sft_stress"), *common, *tiny.get("opd", [])]),
-            ("opd_sft_mild", ["opd.py", "--teacher", checkpoint("sft_mild"), *common, *tiny.get("opd", [])]),
-            ("rl", ["rl.py", *common, *tiny.get("rl", [])])]
+            ("opd_sft_stress", ["opd.py", "--teacher", checkpoint("sft_stress"), *common_sampling,
+                                *tiny.get("opd", [])]),
+            ("opd_sft_mild", ["opd.py", "--teacher", checkpoint("sft_mild"), *common_sampling, *tiny.get("opd", [])]),
+            ("rl", ["rl.py", *common_sampling, *tiny.get("rl", [])])]
     if args.ablation:  # the one-step full-vocabulary KL the paper reports collapsing
         runs.append(("opd_sft_stress_full_kl", ["opd.py", "--teacher", checkpoint("sft_stress"), "--mode", "full_kl",
-                                                *common, *tiny.get("opd", [])]))
+                                                *common_sampling, *tiny.get("opd", [])]))
     return [(name + suffix, command + ["--out", checkpoint(name)]) for name, command in runs]
 
 
@@ -56,6 +58,7 @@ def stages(args) -> list:
     """(description, output that marks it done, command) of every stage, in order."""
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     evals = [*data, "--shots", str(args.shots)] + (["--limit", str(args.limit)] if args.limit else [])
+    evals += ["--compile"] if args.compile else []
     results = args.results_dir
     todo = [("evaluate the base model", results / "base" / "eval.json",
              ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")])]
@@ -82,6 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars in evals and drift")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeat the training runs per seed")
     parser.add_argument("--ablation", action="store_true", help="add OPD with the one-step full-vocabulary KL")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step in rl, opd, GSM8K evals (GPU)")
     parser.add_argument("--tiny", action="store_true", help="the whole pipeline on a tiny random model, offline")
     parser.add_argument("--ckpt-dir", type=Path, help="where checkpoints go (default ckpt, or ckpt/tiny_study)")
     parser.add_argument("--results-dir", type=Path, help="where results go (default results, or results/tiny_study)")

@@ -39,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation / scoring batch")
     parser.add_argument("--seed", type=int, default=gsm8k.FEWSHOT_SEED, help="GSM8K exemplars and MC2 bootstrap")
     parser.add_argument("--out", default=None, help="results JSON (default: results/<model name>.json)")
+    parser.add_argument("--compile", action="store_true", help="gsm8k: compile the decode step (CUDA graphs)")
     return parser.parse_args(argv)
 
 
@@ -81,7 +82,7 @@ def evaluate(args, tasks: list, data: dict, model, tokenizer) -> dict:
     for task in tasks:
         if task == "gsm8k":
             results[task] = gsm8k.evaluate(model, tokenizer, *data[task], shots=args.shots, seed=args.seed,
-                                           **options)
+                                           compile=args.compile, **options)
         elif task == "truthfulqa":
             results[task] = truthfulqa.evaluate(model, tokenizer, data[task], seed=args.seed, **options)
         else:

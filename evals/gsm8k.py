@@ -119,8 +119,9 @@ def score(completion: str, reference: str) -> dict:
 
 
 def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=None, seed: int = FEWSHOT_SEED,
-             batch_size: int = 16, progress: bool = True) -> dict:
-    """Greedy completions of the first `limit` test items; returns {"protocol", "summary", "items"}."""
+             batch_size: int = 16, progress: bool = True, compile: bool = False) -> dict:
+    """Greedy completions of the first `limit` test items; returns {"protocol", "summary", "items"}.
+    `compile` compiles the decode step (sample.generate)."""
     items = test[:limit]
     if shots and not train:
         raise ValueError("gsm8k: --shots needs the train split for exemplars")
@@ -141,7 +142,7 @@ def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=
     with tqdm(total=sum(map(len, chunks)), desc="gsm8k", disable=not progress) as bar:
         for chunk in chunks:
             outputs = sample.generate(model, [prompts[i] for i in chunk], max_new_tokens=MAX_NEW_TOKENS,
-                                      temperature=0.0, stop=STOP, tokenizer=tokenizer)
+                                      temperature=0.0, stop=STOP, tokenizer=tokenizer, compile=compile)
             completions.update(zip(chunk, outputs))
             bar.update(len(chunk))
     completions = dict(gather(list(completions.items())))

@@ -340,6 +340,22 @@ def test_hub_parquet_files_give_the_same_records(tmp_path, monkeypatch):
                                                                  ["all/test-*.parquet"]]
 
 
+def test_compile_flag_reaches_the_sampler(monkeypatch, tiny_checkpoint, data_dir, tmp_path):
+    """`--compile` asks sample.generate for the compiled decode step (whose tokens test_sample checks)."""
+    import sample
+    asked, generate = [], sample.generate
+
+    def spy(*arguments, **options):
+        asked.append(options.get("compile"))
+        return generate(*arguments, **{**options, "compile": False})
+    monkeypatch.setattr(sample, "generate", spy)
+    for flags in ([], ["--compile"]):
+        out = tmp_path / f"results{len(flags)}.json"
+        assert main([str(tiny_checkpoint), "--tasks", "gsm8k", "--limit", "2", "--data-dir", str(data_dir),
+                     *flags, "--out", str(out)]) == 0
+    assert asked == [False, True]
+
+
 @pytest.mark.parametrize("model, arguments, message", [
     ("tiny", ["--tasks", "gsm8k,hellaswag"], "error: unknown task hellaswag"),
     ("tiny", ["--limit", "0"], "error: --limit must be at least 1"),

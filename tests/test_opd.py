@@ -172,7 +172,8 @@ def test_cli_runs_offline_on_real_data(tmp_path, tiny_checkpoint, data_dir, mode
     out = tmp_path / mode
     result = subprocess.run([sys.executable, "opd.py", "--teacher", str(tiny_checkpoint), "--student",
                              str(tiny_checkpoint), "--data-dir", str(data_dir), "--max-steps", "3", "--mode", mode,
-                             "--out", str(out), "--prompts-per-step", "2", "--max-new-tokens", "16"],
+                             "--out", str(out), "--prompts-per-step", "2", "--max-new-tokens", "16"]
+                            + ["--compile"] * (mode == "continuation"),  # student and teacher decode compiled
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "step 3/3" in result.stdout and (out / "model.safetensors").exists()

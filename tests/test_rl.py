@@ -128,6 +128,25 @@ def test_mean_reward_rises_on_a_toy_verifiable_task(tmp_path, tiny_checkpoint):
     assert first < 0.5 and last > 0.8 and last > first + 0.3, rewards
 
 
+@pytest.mark.slow
+def test_compiled_sampling_follows_the_training(tmp_path, tiny_checkpoint):
+    """--compile: the compiled decode step samples what eager sampling does, step after step, as the weights
+    change under it (the toy task of the test above)."""
+    histories = []
+    for compile in (False, True):
+        args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / f"toy{compile}"), "--lr",
+                              "3e-2", "--lora-rank", "0", "--max-new-tokens", "3", "--group-size", "8",
+                              "--warmup-steps", "0"] + ["--compile"] * compile)
+        run = training.Run(args, total_steps=4)
+        prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "The answer is"]]
+        histories.append([rl.rl_step(run, prompts, lambda i, c: float(c.text[:1].isdigit()), args)
+                          for _ in range(4)])
+    eager, compiled = histories
+    assert [s["reward"] for s in compiled] == [s["reward"] for s in eager]
+    assert [s.get("loss", 0.0) for s in compiled] == pytest.approx([s.get("loss", 0.0) for s in eager], abs=1e-4)
+    assert "loss" in eager[0]  # the first step updated the weights, so the later ones sampled changed weights
+
+
 def test_cli_runs_offline_on_real_data(tmp_path, tiny_checkpoint, data_dir):
     out = tmp_path / "rl"
     result = subprocess.run([sys.executable, "rl.py", "--model", str(tiny_checkpoint), "--data-dir", str(data_dir),

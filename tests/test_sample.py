@@ -192,13 +192,43 @@ def test_cli(tiny_checkpoint):
 
 
 @pytest.mark.slow
-def test_compiled_decode_step_gives_the_same_tokens(lively):
-    """torch.compile of the fixed-shape decode step (inductor; CUDA graphs on a GPU) changes nothing."""
+def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
+    """torch.compile of the fixed-shape decode step (inductor; CUDA graphs on a GPU) changes nothing. Calls
+    with other prompt lengths or fewer rows use views of one cache, and a shape seen before compiles nothing."""
+    from torch._dynamo.utils import counters
+    import sample
     model, tokenizer = lively
     prompts = prompts_of(tokenizer)
-    eager = generate(model, prompts, max_new_tokens=12, eos_token_id=-1)
-    compiled = generate(model, prompts, max_new_tokens=12, eos_token_id=-1, compile=True)
-    for prompt, a, b in zip(prompts, eager, compiled):
-        _, margins = greedy_without_cache(model, prompt, 12)
-        assert agree_while_clear(b.tokens, a.tokens, margins)
-        assert torch.tensor(b.logprobs) == pytest.approx(torch.tensor(a.logprobs), abs=1e-4)
+    calls = [prompts, [prompts[1], prompts[0][:4], prompts[2]], prompts[1:], prompts]  # P varies, then rows
+    caches, graphs = [], []
+    for call in calls:
+        eager = generate(model, call, max_new_tokens=12, eos_token_id=-1)
+        compiled = generate(model, call, max_new_tokens=12, eos_token_id=-1, compile=True)
+        caches.append(sample.COMPILED[model].cache)
+        graphs.append(counters["stats"]["unique_graphs"])
+        for prompt, a, b in zip(call, eager, compiled):
+            _, margins = greedy_without_cache(model, prompt, 12)
+            assert agree_while_clear(b.tokens, a.tokens, margins)
+            assert torch.tensor(b.logprobs) == pytest.approx(torch.tensor(a.logprobs), abs=1e-4)
+    assert all(cache is caches[0] for cache in caches)  # one allocation throughout
+    assert graphs[0] == graphs[1] < graphs[2] == graphs[3]  # new rows compile once; a known shape reuses its step
+    # the compiled step reads the weights as they are now (training changes them in place between samplings)
+    before = generate(model, prompts, max_new_tokens=12, eos_token_id=-1)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(-1)
+    try:
+        changed = generate(model, prompts, max_new_tokens=12, eos_token_id=-1)
+        compiled = generate(model, prompts, max_new_tokens=12, eos_token_id=-1, compile=True)
+        margins = [greedy_without_cache(model, prompt, 12)[1] for prompt in prompts]
+    finally:
+        with torch.no_grad():
+            model.model.layers[0].mlp.down_proj.weight.mul_(-1)
+    assert [c.logprobs[0] for c in changed] != pytest.approx([c.logprobs[0] for c in before], abs=1e-2)
+    for a, b, margin in zip(changed, compiled, margins):
+        assert agree_while_clear(b.tokens, a.tokens, margin)
+        assert b.logprobs[0] == pytest.approx(a.logprobs[0], abs=1e-4)
+    # n samples per prompt, their prefill copied into the group's rows: the compiled step samples the same
+    sampled = dict(max_new_tokens=8, eos_token_id=-1, n=3, temperature=1.0, seed=5)
+    expected = generate(model, prompts, **sampled)
+    actual = generate(model, prompts, compile=True, **sampled)
+    assert [c.tokens for c in actual] == [c.tokens for c in expected]

@@ -72,3 +72,14 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
     second = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert second.returncode == 0 and "$ python" not in second.stdout  # no stage ran again
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == outputs
+
+
+
+def test_compile_reaches_the_stages_that_sample():
+    """study.py --compile: rl, opd and the evals decode with the compiled step; SFT and drift do not sample so."""
+    import study
+    stages = {description: command for description, _, command in study.stages(study.parse_args(["--tiny", "--compile"]))}
+    compiled = {description for description, command in stages.items() if "--compile" in command}
+    assert compiled == {"evaluate the base model", "train opd_sft_stress", "train opd_sft_mild", "train rl",
+                        *(f"evaluate {run}" for run in ("sft_mild", "sft_stress", "opd_sft_stress", "opd_sft_mild", "rl"))}
+    assert not any("--compile" in command for _, _, command in study.stages(study.parse_args(["--tiny"])))
