@@ -235,15 +235,16 @@ class CompiledDecoder:
     A CUDA graph replays fixed memory addresses, and torch.compile records none for a step that writes
     into an ordinary input tensor. So the cache is one allocation that only grows, and a call gets a view
     of its first rows, marked static: a shape always has the same memory, and its recorded step replays.
-    The length is rounded up to a power of two, so that most prompt lengths reuse a shape instead of
-    compiling again; the decode mask hides the slots beyond a row.
+    The length is rounded up to a power of two (at most the context), so that most prompt lengths reuse
+    a shape instead of compiling again; the decode mask hides the slots beyond a row.
     """
     def __init__(self, model: Qwen3):
         self.step = torch.compile(model, mode="reduce-overhead", dynamic=False)
         self.cache = None
 
     def cache_for(self, model: Qwen3, rows: int, max_len: int) -> KVCache:
-        length = max(256, 1 << (max_len - 1).bit_length())
+        context = model.config.max_position_embeddings  # max_len <= context (generate checks)
+        length = min(max(256, 1 << (max_len - 1).bit_length()), context)
         held_rows, _, held_length, _ = self.cache.keys[0].shape if self.cache else (0, 0, 0, 0)
         if rows > held_rows or length > held_length:
             self.cache = None  # free the old cache before allocating the larger one
