@@ -15,7 +15,6 @@ Sampling is reproducible per prompt: each prompt's random numbers come from a ge
 import argparse
 import sys
 import time
-import weakref
 import zlib
 from dataclasses import dataclass
 
@@ -34,13 +33,16 @@ class Completion:
 
 
 class KVCache:
-    """Per layer, keys and values of shape (B, kv_heads, max_len, head_dim), preallocated."""
-    def __init__(self, model: Qwen3, batch_size: int, max_len: int):
+    """Per layer, keys and values of shape (B, kv_heads, max_len, head_dim), written in place."""
+    def __init__(self, keys: list, values: list):
+        self.keys, self.values = keys, values
+
+    @classmethod
+    def allocate(cls, model: Qwen3, batch_size: int, max_len: int) -> "KVCache":
         config, weight = model.config, model.model.embed_tokens.weight
         shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.keys = [torch.zeros(shape, device=weight.device, dtype=weight.dtype)
-                     for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros_like(k) for k in self.keys]
+        keys = [torch.zeros(shape, device=weight.device, dtype=weight.dtype) for _ in range(config.num_hidden_layers)]
+        return cls(keys, [torch.zeros_like(k) for k in keys])
 
     def update(self, layer: int, slots, k, v):
         """Write k, v (B, kv_heads, T, head_dim) at `slots` (T,); return the layer's whole buffers."""
@@ -50,9 +52,7 @@ class KVCache:
 
     def view(self, rows: slice) -> "KVCache":
         """The same memory, restricted to some rows."""
-        view = object.__new__(KVCache)
-        view.keys, view.values = [k[rows] for k in self.keys], [v[rows] for v in self.values]
-        return view
+        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
 
     def share_prefill(self, n: int, length: int):
         """Copy the first `length` slots of each group's first row into its other n - 1 rows."""
@@ -115,7 +115,8 @@ def generate(model: Qwen3, prompts: list, *, max_new_tokens: int, temperature: f
     `stop` strings end a row when they appear in its decoded text (needs `tokenizer`); the text is cut
     before the stop string, the tokens keep the token that completed it. `eos_token_id` defaults to
     the checkpoint's. `batch_size` caps the rows (prompts x n) decoded together; prompts of similar
-    length are batched together. `compile` compiles the fixed-shape decode step (CUDA graphs on a GPU).
+    length are batched together. `compile` compiles the fixed-shape decode step (CUDA graphs on a GPU);
+    its cache (rows x a rounded-up length) stays allocated between calls.
     """
     context = model.config.max_position_embeddings
     for prompt in prompts:
@@ -149,11 +150,11 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
     input_ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
 
     rows = len(prompts) * n
-    if compile:  # a view of the compiled step's own cache, its length rounded up (see CompiledDecoder)
+    if compile:  # a view of the compiled step's own cache, perhaps longer than max_len (see CompiledDecoder)
         decoder = compiled_decoder(model)
-        cache, step_function = decoder.cache_for(model, rows, max_len), decoder.step
+        cache, step_function = decoder.cache_for(rows, max_len), decoder.step
     else:
-        cache, step_function = KVCache(model, rows, max_len), model
+        cache, step_function = KVCache.allocate(model, rows, max_len), model
     slots = torch.arange(cache.keys[0].shape[2], device=device)  # (S,)
 
     # --- prefill: each prompt once, into the first row of its group of n; a padding slot attends only
@@ -190,7 +191,7 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
         if finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) or step == max_new_tokens - 1:
             break
         slot = P + step
-        # a row sees its own slots up to this one; compiled: fixed shapes, so the mask spans every slot
+        # a row sees its own slots up to this one; compiled: fixed shapes, so the mask spans the whole cache
         width = len(slots) if compile else slot + 1
         visible = (slots[None, :width] >= pad[:, None]) & (slots[None, :width] <= slot)
         mask = visible[:, None, None]  # (B*n, 1, 1, width)
@@ -230,31 +231,36 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
 
 
 class CompiledDecoder:
-    """The model's forward compiled for one-token decode steps (CUDA graphs on a GPU), and its cache.
+    """The model's forward compiled for one-token decode steps (CUDA graphs on a GPU), and its own cache.
 
-    A CUDA graph replays fixed memory addresses, and torch.compile records none for a step that writes
-    into an ordinary input tensor. So the cache is one allocation that only grows, and a call gets a view
-    of its first rows, marked static: a shape always has the same memory, and its recorded step replays.
-    The length is rounded up to a power of two (at most the context), so that most prompt lengths reuse
-    a shape instead of compiling again; the decode mask hides the slots beyond a row.
+    A CUDA graph replays fixed memory addresses, and torch.compile skips the graph of a step that writes
+    into an ordinary input tensor. So the cache is one allocation, kept between calls and grown when a
+    call needs more; a call gets a view of its first rows, marked static, so a shape keeps its memory
+    and its recorded graph replays. The length is rounded up to a power of two (at most the context)
+    so that most prompt lengths reuse a compiled shape; the decode mask hides the slots beyond each
+    row's current one. The price: the cache stays allocated between calls (see the README).
     """
     def __init__(self, model: Qwen3):
+        self.model = model
         self.step = torch.compile(model, mode="reduce-overhead", dynamic=False)
         self.cache = None
 
-    def cache_for(self, model: Qwen3, rows: int, max_len: int) -> KVCache:
-        context = model.config.max_position_embeddings  # max_len <= context (generate checks)
+    def cache_for(self, rows: int, max_len: int) -> KVCache:
+        context = self.model.config.max_position_embeddings  # max_len <= context (generate checks)
         length = min(max(256, 1 << (max_len - 1).bit_length()), context)
-        held_rows, _, held_length, _ = self.cache.keys[0].shape if self.cache else (0, 0, 0, 0)
+        held_rows, _, held_length, _ = self.cache.keys[0].shape if self.cache is not None else (0, 0, 0, 0)
         if rows > held_rows or length > held_length:
             self.cache = None  # free the old cache before allocating the larger one
-            self.cache = KVCache(model, max(rows, held_rows), max(length, held_length))
+            self.cache = KVCache.allocate(self.model, max(rows, held_rows), max(length, held_length))
         view = self.cache.view(slice(rows))
         for tensor in view.keys + view.values:
             torch._dynamo.mark_static_address(tensor)  # unguarded: a new address re-records, never recompiles
         return view
 
-COMPILED = weakref.WeakKeyDictionary()  # model -> its CompiledDecoder (not an attribute: no submodule cycle)
+
+# model -> its CompiledDecoder. The compiled module refers to the model, so an entry (and its cache) lasts as
+# long as the process: a script compiles one or two models (the policy, an OPD teacher).
+COMPILED = {}
 
 
 def compiled_decoder(model: Qwen3) -> CompiledDecoder:

@@ -212,6 +212,19 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
             assert torch.tensor(b.logprobs) == pytest.approx(torch.tensor(a.logprobs), abs=1e-4)
     assert all(cache is caches[0] for cache in caches)  # one allocation throughout
     assert graphs[0] == graphs[1] < graphs[2] == graphs[3]  # new rows compile once; a known shape reuses its step
+    # more rows and a longer prompt grow the cache; its length is rounded up to a power of two, but never past
+    # the context (the forward does not read the context, so lowering it here changes nothing else)
+    longer = prompts + [[(7 * i) % 500 + 5 for i in range(250)]]
+    context, model.config.max_position_embeddings = model.config.max_position_embeddings, 300
+    try:
+        eager = generate(model, longer, max_new_tokens=12, eos_token_id=-1)
+        compiled = generate(model, longer, max_new_tokens=12, eos_token_id=-1, compile=True)
+    finally:
+        model.config.max_position_embeddings = context
+    assert sample.COMPILED[model].cache.keys[0].shape[::2] == (4, 300)
+    for prompt, a, b in zip(longer, eager, compiled):
+        _, margins = greedy_without_cache(model, prompt, 12)
+        assert agree_while_clear(b.tokens, a.tokens, margins)
     # the compiled step reads the weights as they are now (training changes them in place between samplings)
     before = generate(model, prompts, max_new_tokens=12, eos_token_id=-1)
     with torch.no_grad():
