@@ -207,6 +207,8 @@ def main():
                                               "--batch-size", 32, "--gradient-checkpointing"]),
                 ("rl LoRA r32", ["rl.py", *sampled, "--group-size", 8, "--eval-items", 8, "--eval-every", args.steps,
                                  "--data-dir", rl_data]),
+                ("rl compiled decode, LoRA r32", ["rl.py", *sampled, "--group-size", 8, "--eval-items", 8,
+                                                  "--eval-every", args.steps, "--data-dir", rl_data, "--compile"]),
                 ("opd continuation, bf16 teacher", ["opd.py", "--teacher", checkpoint, "--teacher-dtype", "bfloat16",
                                                     *sampled]),
                 ("opd full_kl, bf16 teacher", ["opd.py", "--teacher", checkpoint, "--teacher-dtype", "bfloat16",
