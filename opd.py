@@ -78,8 +78,10 @@ def before_stop(completion, tokenizer) -> list:
 
 def continuation_sequences(run, teacher, prompts: list, rollouts: list, args) -> list:
     """rollouts: the student's token lists. Student prefix (no loss) + L teacher tokens (loss), from K cut points per rollout."""
-    prefixes = [prompt + rollout[:cut] for prompt, rollout in zip(prompts, rollouts)
-                for cut in cut_points(len(rollout), args.cuts)]
+    # a state reached by several rollouts (the bare prompt, with --samples-per-prompt > 1) is taught once
+    prefixes = list(dict.fromkeys(tuple(prompt + rollout[:cut]) for prompt, rollout in zip(prompts, rollouts)
+                                  for cut in cut_points(len(rollout), args.cuts)))
+    prefixes = [list(prefix) for prefix in prefixes]
     continuations = generate(teacher, prefixes, max_new_tokens=args.continuation_tokens,
                              temperature=args.teacher_temperature, stop=gsm8k.STOP, tokenizer=run.tokenizer,
                              seed=args.seed * 1_000_003 + run.step, batch_size=args.sample_batch_size,

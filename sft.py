@@ -26,9 +26,9 @@ from evals import gsm8k
 
 PRESETS = {
     # ours: the paper gives no mild settings. One epoch at a low learning rate, small adapters.
-    "mild": dict(epochs=1, lr=5e-5, lora_rank=16, lora_alpha=32),
+    "mild": dict(epochs=1, lr=5e-5, lora_rank=16, lora_alpha=32, warmup_steps=10),
     # the paper's stress run: 5 epochs, learning rate 5e-4, LoRA rank 64, alpha 128
-    "stress": dict(epochs=5, lr=5e-4, lora_rank=64, lora_alpha=128),
+    "stress": dict(epochs=5, lr=5e-4, lora_rank=64, lora_alpha=128, warmup_steps=10),
 }
 
 # -----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def add_arguments(parser, out: str):
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--limit", type=int, help="use only the first N training examples")
     parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--warmup-steps", type=int, help="linear warmup before the cosine decay")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--lora-rank", type=int, help="0 means full fine-tuning")
@@ -138,6 +138,8 @@ def examples_of_step(step: int, count: int, batch_size: int, seed: int) -> list:
 
     A pure function of the step, so a resumed run sees exactly the data an uninterrupted one would.
     """
+    if count < batch_size:
+        raise ValueError(f"{count} training examples, fewer than one step's {batch_size} (raise --limit)")
     epoch, position = divmod(step, count // batch_size)
     order = list(range(count))
     random.Random(seed * 1000 + epoch).shuffle(order)

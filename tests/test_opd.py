@@ -56,14 +56,19 @@ def test_cut_points_include_the_empty_prefix():
     assert opd.cut_points(0, 4) == [0]
 
 
+def test_flags_left_unset_take_the_preset():
+    args = opd.parse_args(["--teacher", "ckpt/teacher"])
+    assert {name: getattr(args, name) for name in opd.PRESET} == opd.PRESET
+
+
 def test_continuation_loss_covers_exactly_the_teacher_tokens(tmp_path, tiny_checkpoint, digit_teacher):
     args, run, teacher = student_run(tmp_path, tiny_checkpoint, digit_teacher, "--cuts", "2",
                                      "--continuation-tokens", "4")
     prompts = [run.tokenizer.encode(text).ids for text in TOY_PROMPTS[:2]]
-    rollouts = [[7, 8, 9, 10], [11, 12]]
-    sequences = opd.continuation_sequences(run, teacher, prompts, rollouts, args)
-    expected_prefixes = [prompts[0], prompts[0] + [7, 8], prompts[1], prompts[1] + [11]]
-    assert len(sequences) == 4
+    rollouts = [[7, 8, 9, 10], [11, 12], [7, 5, 5, 5]]  # two rollouts of the first prompt share its bare state
+    sequences = opd.continuation_sequences(run, teacher, prompts + prompts[:1], rollouts, args)
+    expected_prefixes = [prompts[0], prompts[0] + [7, 8], prompts[1], prompts[1] + [11], prompts[0] + [7, 5]]
+    assert len(sequences) == 5  # each state once
     for sequence, prefix in zip(sequences, expected_prefixes):
         taught = generate(teacher, [prefix], max_new_tokens=4, eos_token_id=-1)[0].tokens  # the teacher, greedy
         assert sequence["tokens"] == prefix + taught

@@ -25,6 +25,13 @@ def test_group_advantages_on_hand_made_groups():
     assert rl.group_advantages([0, 0, 0], 3, scale=True) == [0, 0, 0]  # all equal: nothing, even scaled
 
 
+def test_flags_left_unset_take_the_preset_and_a_short_dataset_is_refused():
+    args = rl.parse_args([])
+    assert {name: getattr(args, name) for name in rl.PRESET} == rl.PRESET
+    with pytest.raises(ValueError, match="fewer than one step's 16"):
+        training.examples_of_step(0, 5, 16, seed=0)
+
+
 @pytest.fixture
 def hand_made(tiny_checkpoint):
     """A model with random LoRA adapters and two groups of two completions: one informative, one all-equal."""
