@@ -5,15 +5,20 @@ Plain-Python graders for GSM8K, TruthfulQA and MMLU, following lm-evaluation-har
     python -m evals ckpt/tiny --data-dir ../shared/data --limit 50 --shots 5
 
 One file per task (gsm8k.py, truthfulqa.py, mmlu.py) and the command line in __main__.py. This file
-holds what the tasks share: reading data files (local or from the hub), the standard errors, and
-lm-eval's rule for tokenizing a context and its continuation.
+holds what the tasks share: reading data files (local or from the hub), running the model over batches
+(split across ranks under torchrun), the standard errors, and lm-eval's rule for tokenizing a context
+and its continuation.
 """
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from distributed import gather, shard
 
 
 class DataError(ValueError):
@@ -98,6 +103,23 @@ def encode_pairs(tokenizer, pairs: list) -> list:
         ids = context_ids[context.rstrip()]
         encoded.append((ids, whole.ids[len(ids):]))
     return encoded
+
+
+def run_batches(task: str, lengths: list, batch_size: int, run_batch, progress: bool) -> tuple:
+    """Items in batches of similar `lengths`; run_batch(indices) -> one result per index.
+
+    Under torchrun each rank runs its share of the batches (the batches one process would run), then all
+    gather. Returns ({item index: result} for every item, seconds).
+    """
+    started = time.perf_counter()
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
+    results = {}
+    with tqdm(total=sum(map(len, chunks)), desc=task, disable=not progress) as bar:
+        for chunk in chunks:
+            results.update(zip(chunk, run_batch(chunk)))
+            bar.update(len(chunk))
+    return dict(gather(list(results.items()))), time.perf_counter() - started
 
 
 def write_atomically(path: Path, results: dict):

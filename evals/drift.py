@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="the post-trained model")
     parser.add_argument("--data-dir", help="local data (default: the hub)")
     parser.add_argument("--prompts", type=int, default=200, help="the first N GSM8K test questions")
-    parser.add_argument("--shots", type=int, default=0, help="as in training and evaluation")
+    parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars, as in the evaluation (training prompts have none)")
     parser.add_argument("--cuts", type=int, default=4, help="prefix states per rollout")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--features", type=int, default=4096, help="hash buckets of the lexical features")

@@ -6,19 +6,15 @@ GSM8K: grade-school math word problems, graded by the final number (lm-eval's `g
 
 Greedy decoding, at most 256 new tokens, stopping at "Question:" or end of text; the answer is
 extracted two ways (strict-match and flexible-extract) and compared with the reference number.
-This file is also the trainers' GSM8K: `load`, `prompt`, `target`, `exemplars` and `score` (the RL
-reward) are the same functions the evaluation uses, so training and evaluation see the same states.
+This file is also the trainers' GSM8K: `load`, `prompt`, `target` and `score` (the RL reward) are the
+same functions the evaluation uses, so training and evaluation see the same states.
 """
 import json
 import random
 import re
-import time
-
-from tqdm import tqdm
 
 import sample
-from distributed import gather, shard
-from evals import DataError, binomial_stderr, data_file, hub_rows, subset_text
+from evals import DataError, binomial_stderr, data_file, hub_rows, run_batches, subset_text
 
 MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks
 STOP = ["Question:"]  # lm-eval gsm8k.yaml `until` (it also lists </s> and <|im_end|>; we stop at our eos)
@@ -134,19 +130,10 @@ def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=
                              f"{MAX_NEW_TOKENS} new tokens exceeds the model's context of {context} "
                              f"(use fewer --shots)")
 
-    started = time.perf_counter()
-    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # similar lengths batch together
-    # under torchrun each rank runs its share of the batches (the batches one process would run), then all gather
-    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
-    completions = {}  # item index -> Completion
-    with tqdm(total=sum(map(len, chunks)), desc="gsm8k", disable=not progress) as bar:
-        for chunk in chunks:
-            outputs = sample.generate(model, [prompts[i] for i in chunk], max_new_tokens=MAX_NEW_TOKENS,
-                                      temperature=0.0, stop=STOP, tokenizer=tokenizer, compile=compile)
-            completions.update(zip(chunk, outputs))
-            bar.update(len(chunk))
-    completions = dict(gather(list(completions.items())))
-    seconds = time.perf_counter() - started
+    def run_batch(chunk):
+        return sample.generate(model, [prompts[i] for i in chunk], max_new_tokens=MAX_NEW_TOKENS, temperature=0.0,
+                               stop=STOP, tokenizer=tokenizer, compile=compile)
+    completions, seconds = run_batches("gsm8k", [len(ids) for ids in prompts], batch_size, run_batch, progress)
 
     records = []
     for index, item in enumerate(items):

@@ -10,15 +10,12 @@ question; the answer is the argmax of the log-likelihoods of " A", " B", " C", "
 share one context, so each question costs one forward. Accuracy is the micro-average over items.
 """
 import csv
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 import sample
-from distributed import gather, shard
-from evals import DataError, binomial_stderr, encode_pairs, hub_rows
+from evals import DataError, binomial_stderr, encode_pairs, hub_rows, run_batches
 
 LETTERS = "ABCD"  # lm-eval _default_template_yaml: doc_to_choice ["A", "B", "C", "D"]
 
@@ -112,20 +109,11 @@ def evaluate(model, tokenizer, test: dict, dev: dict, *, shots: int = 0, limit=N
             raise ValueError(f"mmlu {subject} test item {index}: the {shots}-shot prompt has {len(context_ids)} "
                              f"tokens, more than the model's context of {context_length} (use fewer --shots)")
 
-    started = time.perf_counter()
-    order = sorted(range(len(chosen)), key=lambda i: len(requests[4 * i][0]))  # by prompt length
-    # under torchrun each rank runs its share of the batches (the batches one process would run), then all gather
-    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
-    loglikelihoods = {}  # item index -> the four letters' scores
-    with tqdm(total=sum(map(len, chunks)), desc="mmlu", disable=not progress) as bar:
-        for chunk in chunks:
-            # the 4 requests of a question have the same model input: one forward row per question
-            results = sample.score(model, [requests[4 * i + j] for i in chunk for j in range(4)], batch_size)
-            for n, i in enumerate(chunk):
-                loglikelihoods[i] = [sum(values) for values in results[4 * n:4 * n + 4]]
-            bar.update(len(chunk))
-    loglikelihoods = dict(gather(list(loglikelihoods.items())))
-    seconds = time.perf_counter() - started
+    def run_batch(chunk):  # the 4 requests of a question have the same model input: one forward row per question
+        results = sample.score(model, [requests[4 * i + j] for i in chunk for j in range(4)], batch_size)
+        return [[sum(values) for values in results[4 * n:4 * n + 4]] for n in range(len(chunk))]
+    prompt_lengths = [len(requests[4 * i][0]) for i in range(len(chosen))]
+    loglikelihoods, seconds = run_batches("mmlu", prompt_lengths, batch_size, run_batch, progress)
 
     records, subjects = [], {}
     for position, (subject, index) in enumerate(chosen):

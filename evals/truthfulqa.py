@@ -9,14 +9,12 @@ and `Q: {question}\\nA:`. MC1: the single true choice has the highest score. MC2
 on the true choices after normalising over all choices. No few-shot sampling: the preamble is fixed.
 """
 import json
-import time
 
 import numpy as np
-from tqdm import tqdm
 
 import sample
-from distributed import gather, shard
-from evals import DataError, binomial_stderr, bootstrap_stderr, data_file, encode_pairs, hub_rows, subset_text
+from evals import (DataError, binomial_stderr, bootstrap_stderr, data_file, encode_pairs, hub_rows, run_batches,
+                   subset_text)
 
 # lm-eval truthfulqa_mc1.yaml, doc_to_text: the `prompt_qa` preamble, then '\n\nQ: ' + question + '\nA:'
 PREAMBLE = (
@@ -115,20 +113,12 @@ def evaluate(model, tokenizer, items: list, *, limit=None, seed: int = 1234, bat
             raise ValueError(f"truthfulqa entry {index}: {longest} tokens exceed the model's context of "
                              f"{context_length}")
 
-    started = time.perf_counter()
-    order = sorted(range(len(questions)), key=lambda i: len(encoded[i][0][0][0]))  # by context length
-    # under torchrun each rank runs its share of the batches (the batches one process would run), then all gather
-    chunks = shard([order[start:start + batch_size] for start in range(0, len(order), batch_size)])
-    loglikelihoods = {}  # question index -> [mc1's choices' scores, mc2's]
-    with tqdm(total=sum(map(len, chunks)), desc="truthfulqa", disable=not progress) as bar:
-        for chunk in chunks:
-            requests = [request for i in chunk for part in encoded[i] for request in part]
-            results = iter(sample.score(model, requests, batch_size=batch_size))
-            for i in chunk:  # summed log-probabilities: [mc1's choices, mc2's choices]
-                loglikelihoods[i] = [[sum(next(results)) for _ in part] for part in encoded[i]]
-            bar.update(len(chunk))
-    loglikelihoods = dict(gather(list(loglikelihoods.items())))
-    seconds = time.perf_counter() - started
+    def run_batch(chunk):  # per question, summed log-probabilities: [mc1's choices, mc2's choices]
+        requests = [request for i in chunk for part in encoded[i] for request in part]
+        results = iter(sample.score(model, requests, batch_size=batch_size))
+        return [[[sum(next(results)) for _ in part] for part in encoded[i]] for i in chunk]
+    context_lengths = [len(encoded[i][0][0][0]) for i in range(len(questions))]
+    loglikelihoods, seconds = run_batches("truthfulqa", context_lengths, batch_size, run_batch, progress)
 
     records = []
     for index, item in enumerate(questions):

@@ -1,5 +1,6 @@
 """State drift metrics, the report's forgetting and retention, and the --tiny study end to end."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,15 @@ def test_mmd_is_zero_on_itself_symmetric_and_grows_with_a_shift():
     assert all(a < b for a, b in zip(shifted, shifted[1:])), shifted
     y = rng.normal(size=(40, 5)) + 1
     assert drift.mmd2(x, y) == pytest.approx(drift.mmd2(y, x), abs=1e-12)
+
+
+def test_mmd_on_hand_made_cases():
+    # x = {0}, y = {1}: the one pooled squared distance is 1, so the bandwidth is 1 and k(0, 1) = exp(-1/2)
+    assert drift.mmd2(np.array([[0.0]]), np.array([[1.0]])) == pytest.approx(2 - 2 * math.exp(-0.5), abs=1e-12)
+    # x = {0, 1}, y = {3}: pooled squared distances 1, 9, 4 (each twice), median 4, bandwidth 2, k = exp(-d / 8)
+    kxx = (2 + 2 * math.exp(-1 / 8)) / 4
+    kxy = (math.exp(-9 / 8) + math.exp(-4 / 8)) / 2
+    assert drift.mmd2(np.array([[0.0], [1.0]]), np.array([[3.0]])) == pytest.approx(kxx + 1 - 2 * kxy, abs=1e-12)
 
 
 def test_sliced_wasserstein_centroid_and_jaccard_on_hand_made_cases():
