@@ -25,17 +25,20 @@ SHAPES = {  # hidden, layers, heads, kv heads, head_dim, intermediate, vocab
 }
 
 
-def random_checkpoint(shape: str, directory: str):
+def random_checkpoint(shape: str, directory, vocab_size=None, eos_token_id=None, dtype=torch.float32, device="cpu"):
+    """A random-weight Qwen3 of `shape` (another vocabulary size if given), saved in `dtype` (HF layout)."""
     hidden, layers, heads, kv_heads, head_dim, intermediate, vocab = SHAPES[shape]
-    config = Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+    config = Config(vocab_size=vocab_size or vocab, hidden_size=hidden, intermediate_size=intermediate,
                     num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                    head_dim=head_dim, tie_word_embeddings=True)
+                    head_dim=head_dim, tie_word_embeddings=True, bos_token_id=eos_token_id,
+                    eos_token_id=eos_token_id)
     torch.manual_seed(0)
-    model = Qwen3(config)
+    with torch.device(device):
+        model = Qwen3(config)
     for name, parameter in model.named_parameters():
         if not name.endswith("norm.weight"):
             torch.nn.init.normal_(parameter, std=0.02)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, dtype=dtype)
 
 
 def synchronize(device):

@@ -30,10 +30,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent
-SHAPES = {  # hidden, layers, heads, kv heads, head_dim, intermediate (bench.py's shapes, Qwen's vocabulary)
-    "0.6b": (1024, 28, 16, 8, 128, 3072),
-    "cpu-dry-run": (64, 2, 4, 2, 32, 128),
-}
 EOS = 151643  # <|endoftext|> in Qwen's tokenizer
 
 
@@ -57,19 +53,9 @@ def find_tokenizer(name: str) -> Path:
 
 
 def write_checkpoint(directory: Path, shape: str, tokenizer: Path, device: str):
-    """A random-weight Qwen3 of `shape` with Qwen's vocabulary and tokenizer, saved in bf16 (HF layout)."""
-    from model import Config, Qwen3
-    hidden, layers, heads, kv_heads, head_dim, intermediate = SHAPES[shape]
-    config = Config(vocab_size=151936, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                    num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                    tie_word_embeddings=True, bos_token_id=EOS, eos_token_id=EOS)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen3(config)
-    for name, parameter in model.named_parameters():
-        if not name.endswith("norm.weight"):
-            torch.nn.init.normal_(parameter, std=0.02)
-    model.save_pretrained(directory, dtype=torch.bfloat16)
+    """A random-weight Qwen3 of bench.py's `shape` with Qwen's vocabulary and tokenizer, saved in bf16."""
+    from bench import random_checkpoint
+    random_checkpoint(shape, directory, vocab_size=151936, eos_token_id=EOS, dtype=torch.bfloat16, device=device)
     shutil.copy(tokenizer, directory / "tokenizer.json")
 
 
@@ -151,7 +137,7 @@ def main():
     if not Path(args.data_dir, "gsm8k", "train.jsonl").is_file():
         sys.exit(f"error: --data-dir {args.data_dir}: no gsm8k/train.jsonl")
     tokenizer = find_tokenizer(args.tokenizer)
-    device, shape = ("cpu", "cpu-dry-run") if args.cpu_dry_run else ("cuda", "0.6b")
+    device, shape = ("cpu", "tiny") if args.cpu_dry_run else ("cuda", "0.6b")
     gpus = args.gpus or (2 if args.cpu_dry_run else torch.cuda.device_count())
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.cpu_dry_run:
