@@ -162,10 +162,8 @@ def opd_step(run, teacher, prompts: list, args) -> dict:
     totals = {"kl": 0.0}
     update = run.train_step(batches, loss_function(run, teacher, args.mode, total, args, totals))
     rollout_tokens, rollout_count = distributed.all_sum(sum(map(len, rollouts))), distributed.all_sum(len(rollouts))
-    stats = {"loss": update["loss"], "lr": update["lr"], "grad_norm": update["grad_norm"],
-             "completion_length": rollout_tokens / max(1, rollout_count), "supervised_tokens": total,
-             "sampling_tokens_per_s": rollout_tokens / sampling_s,
-             "train_tokens_per_s": update["train_tokens_per_s"], "sampling_s": sampling_s, "train_s": update["train_s"]}
+    stats = {**update, "completion_length": rollout_tokens / max(1, rollout_count), "supervised_tokens": total,
+             "sampling_tokens_per_s": rollout_tokens / sampling_s, "sampling_s": sampling_s}
     if args.mode != "continuation":
         stats["teacher_kl"] = distributed.all_sum(totals["kl"]) / total
     return stats

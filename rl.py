@@ -138,8 +138,7 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
         loss_of, totals = policy_loss(run, total_tokens, args.clip, args.kl_coef, reference)
         for _ in range(min(args.updates_per_batch, run.total_steps - run.step)):  # PPO: K steps per batch
             update = run.train_step(batches, loss_of)
-        stats.update(loss=update["loss"], lr=update["lr"], grad_norm=update["grad_norm"],
-                     train_tokens_per_s=update["train_tokens_per_s"])
+        stats.update(update)  # loss, lr, grad_norm, train tokens/s (and peak memory on CUDA); train_s is redone below
         if args.kl_coef:
             stats["kl"] = distributed.all_sum(totals["kl"]) / distributed.all_sum(totals["tokens"])
     else:  # nothing to learn from: every group agreed; the step still counts
