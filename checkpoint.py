@@ -6,6 +6,7 @@ A checkpoint directory holds config.json, model.safetensors (or model-0000N-of-0
 with model.safetensors.index.json) and tokenizer.json (+ tokenizer_config.json,
 generation_config.json when the source had them).
 """
+import glob
 import json
 import os
 import random
@@ -66,6 +67,8 @@ def load_safetensors(parameters: dict, directory: Path, dtype: torch.dtype, skip
                     if tensor.shape != parameters[name].shape:
                         raise CheckpointError(f"{directory / filename}: {name} has shape {tuple(tensor.shape)}, "
                                               f"expected {tuple(parameters[name].shape)}")
+                    if not torch.isfinite(tensor).all():  # a diverged run: its scores would be meaningless
+                        raise CheckpointError(f"{directory / filename}: {name} has NaN or infinite values")
                     with torch.no_grad():
                         parameters[name].copy_(tensor.to(dtype))
                     missing.discard(name)
@@ -99,12 +102,12 @@ def write_safetensors(tensors: dict, directory: Path, max_shard_bytes: int):
     write_json(directory / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: invalid JSON ({error})") from None
 
 
@@ -117,8 +120,8 @@ def atomic_directory(out_dir):
     """Yield a staging directory next to `out_dir`; on success it replaces `out_dir` by rename."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         yield staging
@@ -134,6 +137,34 @@ def atomic_directory(out_dir):
         staging.rename(out_dir)
 
 
+def check_writable(path):
+    """Refuse, before any work, an output path that could not be created: one under a file, or in a folder
+    this process may not write to (the nearest folder above it that exists must be writable)."""
+    path = Path(path).absolute()
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CheckpointError(f"{path}: cannot be created, {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{path}: cannot be created, {folder} is not writable")
+
+
+def recover_directory(out_dir: Path):
+    """Tidy up after a save that was killed midway (its folders are named with the dead process's id).
+
+    A kill between the two renames of atomic_directory leaves no `out_dir` and the previous version in
+    `.NAME.old-PID`: it is renamed back. Staging folders (perhaps half written) and old versions are removed.
+    """
+    out_dir = Path(out_dir)
+    name = glob.escape(out_dir.name)
+    old = sorted(out_dir.parent.glob(f".{name}.old-*"))
+    if old and not out_dir.exists():
+        old.pop().rename(out_dir)
+    for leftover in old + sorted(out_dir.parent.glob(f".{name}.staging-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def load_tokenizer(path_or_model):
     """The `tokenizers` tokenizer of a checkpoint directory (or of a loaded model's source directory)."""
     from tokenizers import Tokenizer
@@ -141,7 +172,10 @@ def load_tokenizer(path_or_model):
     directory = path_or_model.source if hasattr(path_or_model, "source") else resolve_checkpoint(path_or_model)
     if directory is None or not (Path(directory) / "tokenizer.json").exists():
         raise CheckpointError(f"{directory}: no tokenizer.json")
-    return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+    try:
+        return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+    except Exception as error:  # the tokenizers library raises its own exception types
+        raise CheckpointError(f"{Path(directory) / 'tokenizer.json'}: not a valid tokenizer ({error})") from None
 
 
 def tiny_corpus() -> list[str]:

@@ -14,7 +14,12 @@ import torch.distributed as dist
 
 def setup_distributed(device=None) -> torch.device:
     """The device to run on. Under torchrun also join the process group: NCCL and one GPU per rank, or gloo on CPU."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r} (cpu or cuda)") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"device {device} is not available here (cpu{' or cuda' * torch.cuda.is_available()})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -48,6 +48,8 @@ class Config:
         """Read a Hugging Face config.json dict; refuse the Qwen3 variants this file does not implement."""
         def refuse(what):
             raise CheckpointError(f"{source}: unsupported config: {what}")
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
         if d.get("model_type") != "qwen3":
             refuse(f"model_type {d.get('model_type')!r} (only dense 'qwen3' is implemented; no MoE)")
         if d.get("num_experts") or d.get("num_local_experts"):
@@ -63,6 +65,11 @@ class Config:
         rope = d.get("rope_parameters") or {}
         if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
             refuse(f"rope scaling {d.get('rope_scaling') or rope}")
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings")
+        for key in sizes:
+            if key in d and d[key] is not None and not (type(d[key]) is int and d[key] > 0):
+                raise CheckpointError(f"{source}: {key} must be a positive integer, got {d[key]!r}")
         try:
             return cls(
                 vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
@@ -243,11 +250,13 @@ class Qwen3(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str = DEFAULT_MODEL, device=None, dtype=None) -> "Qwen3":
-        """Load a local HF-layout directory or a hub repo id. bf16 on CUDA, float32 on CPU by default."""
+        """Load a local HF-layout directory or a hub repo id, by default in the dtype it was saved in
+        (see load_dtype): a float32 post-trained checkpoint is evaluated as it was trained."""
         directory = resolve_checkpoint(path_or_repo_id)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or default_dtype(device)
-        config = Config.from_dict(read_json(directory / "config.json"), str(directory / "config.json"))
+        settings = read_json(directory / "config.json")
+        config = Config.from_dict(settings, str(directory / "config.json"))
+        dtype = dtype or load_dtype(settings.get("torch_dtype") or settings.get("dtype"), device)
         with torch.device("meta"):  # no memory until the weights arrive; then they are allocated in `dtype`
             model = cls(config).to(dtype)
         model.to_empty(device=device)
@@ -286,11 +295,25 @@ class Qwen3(nn.Module):
                 shutil.copy(self.source / filename, directory / filename)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the --*-dtype flags
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU has it, float32 elsewhere (CPU, T4 and older cards)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):  # T4: emulated, slow
         return torch.bfloat16
     return torch.float32
+
+
+def load_dtype(saved: str | None, device: torch.device) -> torch.dtype:
+    """The dtype a checkpoint loads in: the one it was saved in (config.json's torch_dtype), where the device
+    has it. Rounding a float32 checkpoint to bf16 would round away much of a small fine-tuning update
+    (the base's weights are ~3e-2, an RL update ~1e-4; bf16 keeps 8 bits of mantissa). float32 on CPU."""
+    if device.type != "cuda" or saved == "float32":
+        return torch.float32
+    if saved == "float16":
+        return torch.float16
+    return default_dtype(device)  # bfloat16 (the published Qwen3 files) or not stated
 
 
 # -----------------------------------------------------------------------------
@@ -373,11 +396,13 @@ def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int =
     return Path(out_dir)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-tiny", metavar="DIR", required=True, help="write a tiny random checkpoint")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if Path(args.write_tiny).exists():
+        raise CheckpointError(f"{args.write_tiny} already exists: remove it or choose another directory")
     out = write_tiny(args.write_tiny, seed=args.seed)
     print(f"wrote a tiny random Qwen3 checkpoint to {out}")
 

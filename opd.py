@@ -35,7 +35,7 @@ import distributed
 import training
 from evals import gsm8k
 from checkpoint import load_tokenizer
-from model import Qwen3
+from model import DTYPES, Qwen3
 from sample import generate, score
 
 PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
@@ -45,8 +45,8 @@ PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 
 
 def load_teacher(path: str, student: Qwen3, student_tokenizer, device, dtype=None) -> Qwen3:
-    """The frozen teacher (in `dtype`; default: bf16 where the GPU has it, else float32), refused unless it
-    shares the student's tokenizer and vocabulary size."""
+    """The frozen teacher (in `dtype`; default: the dtype it was saved in, float32 for our SFT checkpoints),
+    refused unless it shares the student's tokenizer and vocabulary size."""
     teacher = Qwen3.from_pretrained(path, device=device, dtype=dtype).eval().requires_grad_(False)
     tokenizer = load_tokenizer(teacher)
     if teacher.config.vocab_size != student.config.vocab_size:
@@ -185,10 +185,15 @@ def parse_args(argv=None):
     parser.add_argument("--teacher-temperature", type=float, default=0.0, help="continuation: 0 is greedy")
     parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
     parser.add_argument("--compile", action="store_true", help="compile the decode steps (CUDA graphs on a GPU)")
-    parser.add_argument("--teacher-dtype", choices=training.DTYPES,
-                        help="teacher weights (default: bfloat16 on GPUs that have it, else float32)")
+    parser.add_argument("--teacher-dtype", choices=DTYPES,
+                        help="teacher weights (default: the dtype the teacher was saved in; float32 on CPU)")
     training.add_arguments(parser, out=None)
     args = training.apply_preset(parser.parse_args(argv), PRESET)
+    training.check_at_least(args, 1, "steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "cuts",
+                            "continuation_tokens", "sample_batch_size")
+    training.check_at_least(args, 0, "temperature", "teacher_temperature")
+    if args.mode == "reverse_kl" and args.temperature != 1:  # the advantage needs the log-probs of the sampler
+        raise ValueError(f"--temperature {args.temperature}: reverse_kl samples at temperature 1, the student it trains")
     args.model = args.student or args.model
     if args.out is None:
         suffix = "" if args.mode == "continuation" else f"_{args.mode}"
@@ -199,17 +204,18 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     total_steps = min(args.steps, args.max_steps or args.steps)
-    run = training.Run(args, total_steps)
-    teacher = load_teacher(args.teacher, run.model, run.tokenizer, run.device,
-                              training.DTYPES.get(args.teacher_dtype))
     items = gsm8k.load("train", args.data_dir)[:args.limit]
-    run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "
-              f"{args.prompts_per_step} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
-    while run.step < total_steps:
-        chosen = distributed.shard(training.examples_of_step(run.step, len(items), args.prompts_per_step, args.seed))
-        prompts = [run.tokenizer.encode(gsm8k.prompt(items[i]["question"])).ids for i in chosen]
-        run.log(opd_step(run, teacher, prompts, args))
-    run.save()
+    with training.Run(args, total_steps) as run:
+        teacher = load_teacher(args.teacher, run.model, run.tokenizer, run.device,
+                               DTYPES.get(args.teacher_dtype))
+        run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "
+                  f"{args.prompts_per_step} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
+        while run.step < total_steps:
+            chosen = distributed.shard(training.examples_of_step(run.step, len(items), args.prompts_per_step,
+                                                                 args.seed))
+            prompts = [run.tokenizer.encode(gsm8k.prompt(items[i]["question"])).ids for i in chosen]
+            run.log(opd_step(run, teacher, prompts, args))
+        run.save()
 
 
 if __name__ == "__main__":

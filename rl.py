@@ -27,7 +27,6 @@ that it biases towards easy and hard questions), token-level normalisation over 
 instead of per sequence, and no KL term by default.
 """
 import argparse
-import copy
 import time
 
 import torch
@@ -35,7 +34,7 @@ import torch
 import distributed
 import training
 from evals import gsm8k
-from model import lora_disabled
+from model import Qwen3, lora_disabled
 
 PRESET = dict(lr=2e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 
@@ -55,15 +54,16 @@ def group_advantages(rewards: list, group_size: int, scale: bool) -> list:
     return advantages
 
 
-def rollout_sequences(prompts: list, completions: list, advantages: list, group_size: int) -> list:
+def rollout_sequences(prompts: list, completions: list, advantages: list, group_size: int,
+                      keep_all: bool = False) -> list:
     """Sequences for training.make_batches: prompt + completion, loss on the completion tokens only.
 
-    Completions with zero advantage (the groups whose rewards are all equal) are left out: their
-    gradient is zero, so they would cost a forward and a backward for nothing.
+    Without a KL term (`keep_all` False), completions with zero advantage (the groups whose rewards are
+    all equal) are left out: their gradient is zero, so they would cost a forward and a backward for nothing.
     """
     sequences = []
     for index, (completion, advantage) in enumerate(zip(completions, advantages)):
-        if advantage == 0 or not completion.tokens:
+        if (advantage == 0 and not keep_all) or not completion.tokens:
             continue
         prompt = prompts[index // group_size]
         sequences.append({"tokens": prompt + completion.tokens,
@@ -98,8 +98,10 @@ def policy_loss(run, total_tokens: int, clip: float, kl_coef: float, reference=N
 
 
 def reference_function(run):
-    """log-probs under the frozen starting model: the adapters switched off, or a copy for full tuning."""
-    frozen = None if run.args.lora_rank else copy.deepcopy(run.model).eval().requires_grad_(False)
+    """log-probs under the frozen starting model: the adapters switched off, or --model loaded again for full
+    tuning (after --resume the live model is no longer the starting one)."""
+    frozen = None if run.args.lora_rank else Qwen3.from_pretrained(
+        run.args.model, device=run.device, dtype=torch.float32).eval().requires_grad_(False)
 
     @torch.no_grad()
     def reference(batch):
@@ -123,8 +125,8 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
     sampling_s = time.perf_counter() - started
     rewards = [reward_of(i // args.group_size, c) for i, c in enumerate(completions)]
     advantages = group_advantages(rewards, args.group_size, args.scale_rewards)
-    batches = training.make_batches(rollout_sequences(prompts, completions, advantages, args.group_size),
-                                    args.micro_batch_tokens, run.device)
+    sequences = rollout_sequences(prompts, completions, advantages, args.group_size, keep_all=args.kl_coef > 0)
+    batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
     # every rank's samples (a rank holds whole groups): the token count N of the loss, and the statistics
     rewards, lengths = distributed.gather(rewards), distributed.gather([len(c.tokens) for c in completions])
     truncated = distributed.all_sum(sum(c.finish_reason == "length" for c in completions))
@@ -134,7 +136,7 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
              "all_equal_groups": sum(len(set(g)) == 1 for g in groups) / len(groups),
              "completion_length": sum(lengths) / len(lengths), "max_length": max(lengths),
              "truncated": truncated / len(lengths), "sampling_tokens_per_s": sum(lengths) / sampling_s}
-    if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ
+    if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ (or a KL term to apply)
         loss_of, totals = policy_loss(run, total_tokens, args.clip, args.kl_coef, reference)
         for _ in range(min(args.updates_per_batch, run.total_steps - run.step)):  # PPO: K steps per batch
             update = run.train_step(batches, loss_of)
@@ -175,7 +177,13 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=25, help="greedy accuracy on held-out train items")
     parser.add_argument("--eval-items", type=int, default=64)
     training.add_arguments(parser, out="ckpt/rl")
-    return training.apply_preset(parser.parse_args(argv), PRESET)
+    args = training.apply_preset(parser.parse_args(argv), PRESET)
+    training.check_at_least(args, 1, "steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch",
+                            "sample_batch_size", "eval_every")
+    training.check_at_least(args, 0, "eval_items", "kl_coef", "clip")
+    if args.temperature != 1:  # samples from p^(1/T) with gradients of log p: an off-policy estimate of neither
+        raise ValueError(f"--temperature {args.temperature}: rl.py samples at temperature 1, the policy it trains")
+    return args
 
 
 def main(argv=None):
@@ -186,20 +194,21 @@ def main(argv=None):
     if len(train) < args.prompts_per_step:
         raise ValueError(f"{len(train)} training prompts, fewer than --prompts-per-step {args.prompts_per_step}")
     total_steps = min(args.steps, args.max_steps or args.steps)
-    run = training.Run(args, total_steps)
-    reference = reference_function(run) if args.kl_coef else None
-    run.write(f"rl: {total_steps} steps of {args.prompts_per_step} prompts x {args.group_size} samples, "
-              f"lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
-    while run.step < total_steps:
-        chosen = [train[i] for i in training.examples_of_step(run.step, len(train), args.prompts_per_step, args.seed)]
-        chosen = distributed.shard(chosen)  # under torchrun: this rank's prompts
-        prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in chosen]
-        stats = rl_step(run, prompts, lambda i, c: gsm8k.score(c.text, chosen[i]["answer"])[args.reward], args,
-                        reference)
-        if heldout and (run.step % args.eval_every == 0 or run.step == total_steps):
-            stats["heldout_accuracy"] = greedy_accuracy(run, heldout, args)
-        run.log(stats)
-    run.save()
+    with training.Run(args, total_steps) as run:
+        reference = reference_function(run) if args.kl_coef else None
+        run.write(f"rl: {total_steps} steps of {args.prompts_per_step} prompts x {args.group_size} samples, "
+                  f"lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+        while run.step < total_steps:
+            chosen = [train[i] for i in training.examples_of_step(run.step, len(train), args.prompts_per_step,
+                                                                  args.seed)]
+            chosen = distributed.shard(chosen)  # under torchrun: this rank's prompts
+            prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in chosen]
+            stats = rl_step(run, prompts, lambda i, c: gsm8k.score(c.text, chosen[i]["answer"])[args.reward], args,
+                            reference)
+            if heldout and (run.step % args.eval_every == 0 or run.step == total_steps):
+                stats["heldout_accuracy"] = greedy_accuracy(run, heldout, args)
+            run.log(stats)
+        run.save()
 
 
 if __name__ == "__main__":

@@ -74,13 +74,15 @@ def filter_probabilities(probs, top_k: int, top_p: float):
     """Keep the top_k most likely tokens, then the smallest set whose mass reaches top_p.
 
     probs (B, V) -> (kept probs sorted in descending order (B, V), their token ids (B, V)). The token that
-    crosses top_p is kept: a token survives when the mass strictly before it is below top_p.
+    crosses top_p is kept: a token survives when the mass strictly before it is below top_p. As in
+    transformers, top_p applies to the distribution renormalised over the top_k survivors.
     """
     sorted_probs, token_ids = probs.sort(dim=-1, descending=True)
     if top_k > 0:
         sorted_probs[:, top_k:] = 0
     if top_p < 1.0:
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        cumulative = sorted_probs.cumsum(-1)
+        mass_before = (cumulative - sorted_probs) / cumulative[:, -1:]  # of the kept mass
         sorted_probs[mass_before >= top_p] = 0
     return sorted_probs, token_ids
 
@@ -118,6 +120,12 @@ def generate(model: Qwen3, prompts: list, *, max_new_tokens: int, temperature: f
     length are batched together. `compile` compiles the fixed-shape decode step (CUDA graphs on a GPU);
     its cache (rows x a rounded-up length) stays allocated between calls.
     """
+    for name, value, smallest in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("top_k", top_k, 0),
+                                  ("batch_size", batch_size or 1, 1)):
+        if value < smallest:
+            raise ValueError(f"{name} must be at least {smallest}, got {value}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     context = model.config.max_position_embeddings
     for prompt in prompts:
         if not prompt:
@@ -309,8 +317,10 @@ def score(model: Qwen3, requests: list, batch_size: int = 16) -> list:
             batch_rows += [j] * len(continuation)
             positions += range(first, first + len(continuation))
             wanted += continuation
-        values = token_logprobs(model, hidden[batch_rows, positions],
-                                torch.tensor(wanted, device=device)).tolist()
+        values = token_logprobs(model, hidden[batch_rows, positions], torch.tensor(wanted, device=device))
+        if not torch.isfinite(values).all():  # NaN would win every argmax comparison as the first choice
+            raise ValueError("the model gives NaN or infinite log-probabilities: its weights are unusable")
+        values = values.tolist()
         offset = 0
         for _, index in picks:
             count = len(targets[index][2])
@@ -321,7 +331,7 @@ def score(model: Qwen3, requests: list, batch_size: int = 16) -> list:
 # Command line
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub repo id")
     parser.add_argument("--prompt", required=True, help="prompt text (\\n is a newline)")
@@ -333,7 +343,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     model = Qwen3.from_pretrained(args.model)
     tokenizer = load_tokenizer(model)
     prompt = tokenizer.encode(args.prompt.replace("\\n", "\n")).ids

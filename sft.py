@@ -86,6 +86,10 @@ def main(argv=None):
     training.add_arguments(parser, out=None)
     args = parser.parse_args(argv)
     training.apply_preset(args, {**PRESETS[args.preset], "out": f"ckpt/sft_{args.preset}"})
+    training.check_at_least(args, 1, "batch_size", "eval_every")
+    training.check_at_least(args, 0, "heldout")
+    if not args.epochs > 0:
+        raise ValueError(f"--epochs must be positive, got {args.epochs}")
 
     items = gsm8k.load("train", args.data_dir)[:args.limit]
     train_items, heldout_items = split_heldout(items, min(args.heldout, len(items) // 10), args.seed)
@@ -95,23 +99,23 @@ def main(argv=None):
     if total_steps < 1:
         raise ValueError(f"no training steps: {len(train_items)} examples, batch size {args.batch_size}")
 
-    run = training.Run(args, total_steps)
-    eos, context = run.model.config.eos_token_id, run.model.config.max_position_embeddings
-    train = encode_examples(train_items, run.tokenizer, eos, context)
-    heldout = training.make_batches(distributed.shard(encode_examples(heldout_items, run.tokenizer, eos, context)),
-                                    args.micro_batch_tokens, run.device)
-    run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout_items)} held out, "
-              f"{total_steps} steps of {args.batch_size} sequences, lr {args.lr}, "
-              f"LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
-    while run.step < total_steps:
-        sequences = [train[i] for i in training.examples_of_step(run.step, len(train), args.batch_size, args.seed)]
-        sequences = distributed.shard(sequences)  # under torchrun: this rank's share of the batch
-        batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-        stats = run.train_step(batches, masked_cross_entropy(run, batches))
-        if heldout_items and (run.step % args.eval_every == 0 or run.step == total_steps):
-            stats["heldout_loss"] = heldout_loss(run, heldout)
-        run.log(stats)
-    run.save()
+    with training.Run(args, total_steps) as run:
+        eos, context = run.model.config.eos_token_id, run.model.config.max_position_embeddings
+        train = encode_examples(train_items, run.tokenizer, eos, context)
+        heldout = training.make_batches(distributed.shard(encode_examples(heldout_items, run.tokenizer, eos, context)),
+                                        args.micro_batch_tokens, run.device)
+        run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout_items)} held out, "
+                  f"{total_steps} steps of {args.batch_size} sequences, lr {args.lr}, "
+                  f"LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+        while run.step < total_steps:
+            sequences = [train[i] for i in training.examples_of_step(run.step, len(train), args.batch_size, args.seed)]
+            sequences = distributed.shard(sequences)  # under torchrun: this rank's share of the batch
+            batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
+            stats = run.train_step(batches, masked_cross_entropy(run, batches))
+            if heldout_items and (run.step % args.eval_every == 0 or run.step == total_steps):
+                stats["heldout_loss"] = heldout_loss(run, heldout)
+            run.log(stats)
+        run.save()
 
 
 if __name__ == "__main__":

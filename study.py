@@ -7,15 +7,21 @@ and state drift of every run, and the report with the paper's Table 2 beside our
     python study.py --data-dir ../shared/data --seeds 0 1 2 --ablation
 
 Each stage is one command of this project, printed before it runs, so any stage can be re-run by hand.
-A stage whose output already exists is skipped: an interrupted study continues where it stopped, and a
-second run does no work. Outputs: checkpoints in ckpt/<run> (ckpt/tiny_study/<run> with --tiny), results in
+A stage is skipped when its output exists, was made by the same command (results/stages.json records
+them) and is newer than what it was made from: an interrupted study continues where it stopped (a training
+run that was cut resumes with --resume), a second run does no work, and a rerun with other flags redoes the
+stages they change (a trainer refuses, in one line, to resume a run with flags that define another run).
+Ctrl-C or SIGTERM stops the running stage at the end of its step, saved. Outputs: checkpoints in ckpt/<run> (ckpt/tiny_study/<run> with --tiny), results in
 results/<run>/{eval,drift}.json, the report in results/report.md with benchmarks.png and training_curves.png.
 """
 import argparse
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoint import DEFAULT_MODEL
@@ -54,27 +60,87 @@ def training_runs(args, seed: int) -> list:
     return [(name + suffix, command + ["--out", checkpoint(name)]) for name, command in runs]
 
 
+@dataclass
+class Stage:
+    description: str
+    output: Path  # the file that marks it done: a results file, or a training run's progress.json
+    command: list  # python arguments
+    inputs: list = field(default_factory=list)  # files it is made from: newer ones make it stale
+
+    @property
+    def trains(self) -> bool:
+        return self.output.name == "progress.json"
+
+
 def stages(args) -> list:
-    """(description, output that marks it done, command) of every stage, in order."""
+    """Every stage of the study, in the order they depend on each other."""
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     evals = [*data, "--shots", str(args.shots)] + (["--limit", str(args.limit)] if args.limit else [])
     evals += ["--compile"] if args.compile else []
     results = args.results_dir
-    todo = [("evaluate the base model", results / "base" / "eval.json",
-             ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")])]
+    base = [Path(args.model) / "config.json"] if Path(args.model).is_dir() or args.tiny else []
+    todo = [Stage("evaluate the base model", results / "base" / "eval.json",
+                  ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")], base)]
     runs = [run for seed in args.seeds for run in training_runs(args, seed)]
     for name, command in runs:
-        todo.append((f"train {name}", args.ckpt_dir / name / "config.json", command))
+        teacher = command[command.index("--teacher") + 1] if "--teacher" in command else None
+        todo.append(Stage(f"train {name}", args.ckpt_dir / name / "progress.json", command,
+                          base + ([Path(teacher) / "progress.json"] if teacher else [])))
     for name, _ in runs:
-        checkpoint = str(args.ckpt_dir / name)
-        todo.append((f"evaluate {name}", results / name / "eval.json",
-                     ["-m", "evals", checkpoint, *evals, "--out", str(results / name / "eval.json")]))
-        todo.append((f"state drift of {name}", results / name / "drift.json",
-                     ["-m", "evals.drift", "--base", args.model, "--model", checkpoint, *data, "--shots", str(args.shots),
-                      *(TINY["drift"] if args.tiny else []), "--out", str(results / name / "drift.json")]))
-    folders = [str(results / "base")] + [str(results / name) for name, _ in runs]
-    todo.append(("report", results / "report.md", ["-m", "evals.report", *folders, "--out", str(results / "report.md")]))
+        checkpoint, trained = str(args.ckpt_dir / name), [args.ckpt_dir / name / "progress.json"]
+        todo.append(Stage(f"evaluate {name}", results / name / "eval.json",
+                          ["-m", "evals", checkpoint, *evals, "--out", str(results / name / "eval.json")], trained))
+        todo.append(Stage(f"state drift of {name}", results / name / "drift.json",
+                          ["-m", "evals.drift", "--base", args.model, "--model", checkpoint, *data, "--shots",
+                           str(args.shots), *(TINY["drift"] if args.tiny else []), "--out",
+                           str(results / name / "drift.json")], base + trained))
+    folders = [results / "base"] + [results / name for name, _ in runs]
+    todo.append(Stage("report", results / "report.md", ["-m", "evals.report", *map(str, folders), "--out",
+                                                        str(results / "report.md")],
+                      [folder / name for folder in folders for name in ("eval.json", "drift.json")]))
     return todo
+
+
+def changed_inputs(stage: Stage) -> list:
+    """What the stage's output was made from and has changed since (the output must exist)."""
+    made = stage.output.stat().st_mtime
+    return [path for path in stage.inputs if path.exists() and path.stat().st_mtime > made]
+
+
+def is_done(stage: Stage, recorded: dict) -> bool:
+    """Made by this very command, finished, and newer than everything it was made from."""
+    if not stage.output.exists() or recorded.get(str(stage.output)) != stage.command:
+        return False
+    if stage.trains and not json.loads(stage.output.read_text()).get("finished"):
+        return False
+    return not changed_inputs(stage)
+
+
+def command_to_run(stage: Stage) -> list:
+    """The stage's command; a training run that exists already (cut, or made by other flags) is resumed, and
+    its trainer finishes it, finds it finished, or refuses flags that define another run."""
+    return stage.command + (["--resume"] if stage.trains and stage.output.parent.exists() else [])
+
+
+def run_stage(stage: Stage, environment: dict) -> int:
+    """Run a stage's command in its own process group, so that Ctrl-C reaches it once, from here: the study
+    forwards SIGINT and SIGTERM and waits while the stage finishes its step and saves."""
+    command = command_to_run(stage)
+    print(f"$ python {' '.join(command)}", flush=True)
+    script = [str(ROOT / command[0])] + command[1:] if command[0].endswith(".py") else command
+    child = subprocess.Popen([sys.executable, *script], env=environment, start_new_session=True)
+
+    def forward(number, frame):
+        child.send_signal(number)
+        forward.received = number
+    forward.received = None
+    previous = {number: signal.signal(number, forward) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 128 + forward.received if forward.received else code
 
 
 def parse_args(argv=None):
@@ -109,24 +175,32 @@ def main(argv=None) -> int:
     plan = stages(args)
     # `python -m evals` from any directory: the project's modules on the path, paths as the user gave them
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    manifest = args.results_dir / "stages.json"  # output -> the command that made it
+    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
     started = time.perf_counter()
-    for number, (description, output, command) in enumerate(plan, start=1):
-        if output.exists() and not (description == "report" and stale(output, plan)):
-            print(f"[{number}/{len(plan)}] {description}: done ({output} exists)", flush=True)
+    for number, stage in enumerate(plan, start=1):
+        if is_done(stage, recorded):
+            print(f"[{number}/{len(plan)}] {stage.description}: done ({stage.output})", flush=True)
             continue
-        print(f"[{number}/{len(plan)}] {description}\n$ python {' '.join(command)}", flush=True)
-        script = [str(ROOT / command[0])] + command[1:] if command[0].endswith(".py") else command
-        if subprocess.run([sys.executable, *script], env=environment).returncode != 0:
-            print(f"error: stage '{description}' failed; fix it and run the study again to continue", file=sys.stderr)
+        if stage.trains and stage.output.exists() and changed_inputs(stage):  # resuming would mix two runs
+            print(f"error: {stage.output.parent} was trained before {changed_inputs(stage)[0]} changed; "
+                  f"remove {stage.output.parent} to train it again", file=sys.stderr)
             return 1
+        print(f"[{number}/{len(plan)}] {stage.description}", flush=True)
+        code = run_stage(stage, environment)
+        if code > 128:
+            print(f"study interrupted during '{stage.description}': run the same command again to continue",
+                  file=sys.stderr)
+            return code
+        if code != 0:
+            print(f"error: stage '{stage.description}' failed; fix it and run the study again to continue",
+                  file=sys.stderr)
+            return 1
+        recorded[str(stage.output)] = stage.command
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(recorded, indent=1) + "\n")
     print(f"study finished in {time.perf_counter() - started:.0f} s: {args.results_dir / 'report.md'}")
     return 0
-
-
-def stale(report: Path, plan: list) -> bool:
-    """The report is redone only when some result it reads is newer than it."""
-    return any(output.exists() and output.stat().st_mtime > report.stat().st_mtime
-               for _, output, _ in plan if output.suffix == ".json")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ accumulation, clipping, the NaN guard), logging, and atomic checkpoints that `--
 
 A training script's life:
 
-    run = Run(args, total_steps)              # model + LoRA + optimizer, or resumed from args.out/resume/
-    while run.step < total_steps:
-        batches = make_batches(sequences, max_tokens=args.micro_batch_tokens)
-        stats = run.train_step(batches, loss_of)   # loss_of(batch) -> scalar, already normalised
-        run.log(stats)
-    run.save()
+    with Run(args, total_steps) as run:       # model + LoRA + optimizer, or resumed from args.out/resume/
+        while run.step < total_steps:
+            batches = make_batches(sequences, max_tokens=args.micro_batch_tokens)
+            stats = run.train_step(batches, loss_of)   # loss_of(batch) -> scalar, already normalised
+            run.log(stats)                             # and a save every --save-every steps
+        run.save()
+
+Ctrl-C or SIGTERM (a cluster's pre-emption) inside the `with` finishes the current step, saves, and exits
+with a line saying how to resume; `--resume` refuses flags that would make it another run.
 
 Under `torchrun --nproc_per_node=N` the same script runs data-parallel (helpers in distributed.py, DDP
 here): each rank takes its share of the step's sequences or prompts (`shard`), the loss
@@ -21,8 +24,11 @@ rank 0 prints and saves. A single process never starts torch.distributed.
 import contextlib
 import json
 import math
+import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +37,28 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import DEFAULT_MODEL, CheckpointError, atomic_directory, load_tokenizer
+from checkpoint import (DEFAULT_MODEL, CheckpointError, atomic_directory, check_writable, load_tokenizer,
+                        recover_directory)
 from distributed import all_sum, barrier, is_main, setup_distributed, world_size
-from model import Qwen3, add_lora, default_dtype, token_logprobs
+from model import DTYPES, Qwen3, add_lora, default_dtype, token_logprobs
 from sample import generate
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TrainingError(RuntimeError):
     """A run that must stop (NaN loss, unusable output directory); the message is one line."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the run saved what it had (or says what is left) and exits with `exit_code`."""
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# Flags that cannot change what a run computes: --resume may differ in these (and only these) from args.json.
+# The others define the run: resuming with another --lr, --seed or --model would train a different model.
+RESUMABLE_CHANGES = {"out", "resume", "save_every", "device", "compile", "sample_batch_size", "micro_batch_tokens",
+                     "gradient_checkpointing", "eval_every"}
 
 # -----------------------------------------------------------------------------
 # Flags
@@ -62,7 +80,8 @@ def add_arguments(parser, out: str):
     parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument("--micro-batch-tokens", type=int, default=8192, help="padded tokens per forward")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
-    parser.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    parser.add_argument("--save-every", type=int, default=50,
+                        help="checkpoint and resume state every N steps, and at the end (0: only at the end)")
     parser.add_argument("--save-dtype", choices=DTYPES, default="float32")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,19 +89,39 @@ def add_arguments(parser, out: str):
 
 
 def apply_preset(args, preset: dict):
-    """Fill every flag the user left unset from the preset."""
+    """Fill every flag the user left unset from the preset, then check the flags every trainer has."""
     for name, value in preset.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    check_at_least(args, 1, "max_steps", "limit", "micro_batch_tokens")
+    check_at_least(args, 0, "warmup_steps", "weight_decay", "lora_rank", "lora_dropout", "save_every")
+    if not 0 < args.lr < math.inf or not 0 < args.grad_clip < math.inf:  # 0 or inf: nothing learned, or NaN
+        raise ValueError(f"--lr and --grad-clip must be positive and finite, got {args.lr} and {args.grad_clip}")
+    if args.lora_rank and not 0 < args.lora_alpha < math.inf:  # alpha 0 scales the adapters to nothing
+        raise ValueError(f"--lora-alpha must be positive, got {args.lora_alpha}")
+    if args.lora_dropout >= 1:
+        raise ValueError(f"--lora-dropout must be below 1, got {args.lora_dropout}")
     return args
 
 
+def check_at_least(args, minimum, *names):
+    """One line for a count below `minimum` (flags left unset, None, are not checked)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
 def run_main(main):
-    """Run a script's main(); expected failures become one `error:` line and exit status 1."""
+    """Run a script's main(); expected failures become one `error:` line and exit status 1, an interrupt
+    one line and 130 (SIGINT) or 143 (SIGTERM)."""
     try:
         main()
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    except Interrupted as interrupt:
+        print(interrupt, file=sys.stderr)
+        sys.exit(interrupt.exit_code)
 
 # -----------------------------------------------------------------------------
 # Batches of token ids with per-token columns
@@ -158,9 +197,16 @@ def target_logprobs(model: Qwen3, batch: Batch) -> torch.Tensor:
 class Run:
     def __init__(self, args, total_steps: int):
         self.args, self.total_steps, self.out = args, total_steps, Path(args.out)
+        if is_main():
+            recover_directory(self.out)  # a save killed midway: the previous version back, half-written ones gone
+        check_writable(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainingError(f"--out {self.out} is a file, not a directory")
         resume_file = self.out / "resume" / "state.pt"
         if args.resume and not resume_file.exists():
             raise TrainingError(f"--resume: {resume_file} does not exist")
+        if args.resume:
+            check_same_run(args, self.out / "args.json")
         if not args.resume and self.out.exists() and any(self.out.iterdir()):
             raise TrainingError(f"{self.out} already exists: pass --resume to continue it, or another --out")
         self.device = setup_distributed(args.device)  # under torchrun: this rank's GPU, and the process group
@@ -179,15 +225,46 @@ class Run:
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=args.lr, weight_decay=args.weight_decay)
-        self.step, self.metrics = 0, []
+        self.step, self.metrics, self.saved_step = 0, [], None
         if args.resume:
             self.load_resume(resume_file)
+            self.saved_step = self.step
         self.ddp = None
         if world_size() > 1:  # distributed: DDP all-reduces the gradients (and starts every rank from rank 0's weights)
             self.ddp = DistributedDataParallel(LossModule(self.model), gradient_as_bucket_view=True)
         self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
                              disable=None if is_main() else True)
         self.started = time.perf_counter()
+        self.stop_signal, self.previous_handlers = None, {}
+        if self.step >= total_steps:
+            self.write(f"{self.out} finished all {total_steps} steps already: nothing to do")
+
+    # --- Ctrl-C and SIGTERM: finish the step, save, say how to resume -----------------------------------
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous_handlers[number] = signal.signal(number, self.request_stop)
+        return self
+
+    def __exit__(self, *exception):
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
+        self.previous_handlers = {}
+        self.progress.close()
+        return False
+
+    def request_stop(self, number, frame):
+        if self.stop_signal is not None:  # a second signal: stop now, the last save stays as it is
+            raise Interrupted(f"stopped at once during step {self.step + 1}; {self.resume_hint()}", 128 + number)
+        self.stop_signal = number
+        self.write(f"{signal.Signals(number).name}: stopping after step {self.step + 1} to save "
+                   "(send it again to stop at once)")
+
+    def resume_hint(self) -> str:
+        if self.saved_step is None:
+            return "nothing was saved; run the command again to start over"
+        return f"{self.out} holds step {self.saved_step}: run the same command with --resume to continue"
 
     def learning_rate(self) -> float:
         """Linear warmup to --lr, then cosine decay to zero at the last step."""
@@ -253,27 +330,42 @@ class Run:
         return self.ddp.no_sync() if self.ddp is not None and skip else contextlib.nullcontext()
 
     def log(self, stats: dict):
-        """One line per step on the console, one JSON line in metrics.jsonl (written with the checkpoint)."""
+        """One line per step on the console, one JSON line in metrics.jsonl (written with the checkpoint);
+        a save every --save-every steps, and the stop a signal asked for."""
         record = {"step": self.step, **stats, "elapsed_s": time.perf_counter() - self.started}
         self.metrics.append(record)
         self.progress.update(1)
         shown = " | ".join(f"{name} {format_number(value)}" for name, value in stats.items())
         self.write(f"step {self.step}/{self.total_steps} | {shown}")
-        if self.args.save_every and self.step % self.args.save_every == 0 and self.step < self.total_steps:
+        if self.args.save_every and self.step % self.args.save_every == 0:
             self.save()
+        if self.step < self.total_steps and all_sum(int(self.stop_signal is not None)):  # all ranks stop together
+            self.save()
+            raise Interrupted(f"interrupted at step {self.step}/{self.total_steps}: {self.resume_hint()}",
+                              128 + (self.stop_signal or signal.SIGTERM))
 
     def save(self):
-        """Checkpoint (LoRA merged) + args + metrics + resume state, all replacing --out in one rename.
-        Rank 0 writes (every rank holds the same weights); the others wait for it."""
+        """Checkpoint (LoRA merged) + args + metrics + resume state, all replacing --out in one rename,
+        unless this step is saved already. Rank 0 writes (every rank holds the same weights); the others
+        wait for it. Weights that are NaN or infinite are never saved."""
+        if self.saved_step == self.step:
+            return
+        broken = [name for name, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if broken:
+            raise TrainingError(f"step {self.step}: {len(broken)} weight tensors are NaN or infinite ({broken[0]}, "
+                                f"...); stopped before saving them")
         if is_main():
             self.write_checkpoint()
         if world_size() > 1:
             barrier()
+        self.saved_step = self.step
 
     def write_checkpoint(self):
         with atomic_directory(self.out) as staging:
             self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
             (staging / "args.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
+            (staging / "progress.json").write_text(json.dumps(
+                {"step": self.step, "total_steps": self.total_steps, "finished": self.step >= self.total_steps}) + "\n")
             (staging / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
             (staging / "resume").mkdir()
             trainable = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
@@ -284,7 +376,12 @@ class Run:
         self.write(f"saved {self.out} at step {self.step}")
 
     def load_resume(self, resume_file: Path):
-        state = torch.load(resume_file, map_location=self.device, weights_only=False)
+        try:
+            state = torch.load(resume_file, map_location=self.device, weights_only=False)
+        except Exception as error:  # truncated, or not a torch file
+            raise TrainingError(f"{resume_file}: cannot read the resume state ({type(error).__name__})") from None
+        if not isinstance(state, dict) or not {"step", "trainable", "optimizer"} <= set(state):
+            raise TrainingError(f"{resume_file}: not a resume state written by this project")
         parameters = dict(self.model.named_parameters())
         for name, value in state["trainable"].items():
             if name not in parameters or parameters[name].shape != value.shape:
@@ -300,6 +397,19 @@ class Run:
         metrics_file = self.out / "metrics.jsonl"
         if metrics_file.exists():
             self.metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+
+
+def check_same_run(args, saved_file: Path):
+    """--resume: refuse flags that define another run than the one saved (see RESUMABLE_CHANGES)."""
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"{saved_file}: cannot read the saved flags ({type(error).__name__})") from None
+    changed = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in vars(args).items()
+               if name in saved and name not in RESUMABLE_CHANGES and saved[name] != value]
+    if changed:
+        raise TrainingError(f"--resume with other flags than {saved_file}: {', '.join(changed)}; "
+                            f"use the saved flags, or another --out for a new run")
 
 
 def format_number(value) -> str:

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import distributed
-from checkpoint import CheckpointError, load_tokenizer
+from checkpoint import CheckpointError, check_writable, load_tokenizer
 from evals import DataError, gsm8k, mmlu, truthfulqa, write_atomically
-from model import Qwen3
+from model import DTYPES, Qwen3
 
 TASKS = ("gsm8k", "truthfulqa", "mmlu")
 METRICS = {"gsm8k": ("flexible", "strict"), "truthfulqa": ("mc1", "mc2"), "mmlu": ("accuracy",)}
@@ -40,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=gsm8k.FEWSHOT_SEED, help="GSM8K exemplars and MC2 bootstrap")
     parser.add_argument("--out", default=None, help="results JSON (default: results/<model name>.json)")
     parser.add_argument("--compile", action="store_true", help="gsm8k: compile the decode step (CUDA graphs)")
+    parser.add_argument("--dtype", choices=DTYPES, help="weights (default: the dtype the checkpoint was saved in, "
+                        "so a float32 post-trained checkpoint is scored as trained; float32 on CPU)")
     return parser.parse_args(argv)
 
 
@@ -57,9 +59,14 @@ def check_args(args) -> list:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir {args.data_dir}: not a directory")
-    if args.out is not None and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out}: is a directory")
+    if Path(out_path(args)).is_dir():
+        raise ValueError(f"--out {out_path(args)}: is a directory")
+    check_writable(out_path(args))
     return tasks
+
+
+def out_path(args) -> Path:
+    return Path(args.out) if args.out else Path("results") / f"{Path(args.model.rstrip('/')).name}.json"
 
 
 def load_data(tasks: list, shots: int, data_dir) -> dict:
@@ -112,11 +119,11 @@ def main(argv=None) -> int:
         tasks = check_args(args)
         data = load_data(tasks, args.shots, args.data_dir)
         device = distributed.setup_distributed()  # under torchrun: this rank's GPU; the graders split the batches
-        model = Qwen3.from_pretrained(args.model, device=device)
+        model = Qwen3.from_pretrained(args.model, device=device, dtype=DTYPES.get(args.dtype))
         tokenizer = load_tokenizer(model)
         started = time.perf_counter()
         results = evaluate(args, tasks, data, model, tokenizer)
-        out = Path(args.out) if args.out else Path("results") / f"{Path(args.model.rstrip('/')).name}.json"
+        out = out_path(args)
         if not distributed.is_main():  # every rank holds the whole results; rank 0 writes them
             return 0
         write_atomically(out, results)

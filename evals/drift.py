@@ -5,7 +5,9 @@ State drift: how far a post-trained model's own states have moved from the base 
     python -m evals.drift --base ckpt/tiny --model ckpt/tiny_sft --data-dir ../shared/data --prompts 16
 
 Both models answer the same fixed prompts (the first --prompts GSM8K test questions, one sample each,
-temperature 1, a fixed seed). Each rollout gives --cuts prefix states, prompt + the first j/K of the
+temperature 1), with independent random numbers: the base model's rollouts are seeded by --seed, the
+post-trained model's by --seed + 1, so the two sets of states are two independent samples (shared random
+numbers would make two similar models write similar text by construction). Each rollout gives --cuts prefix states, prompt + the first j/K of the
 completion for j = 1..K. A state is embedded by lexical features: hashed word unigrams and bigrams
 (--features buckets), L2-normalised. Between the two sets of states we report:
   mmd2                the squared maximum mean discrepancy with an RBF kernel, bandwidth by the median
@@ -25,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import CheckpointError, load_tokenizer
+from checkpoint import CheckpointError, check_writable, load_tokenizer
 from evals import DataError, gsm8k, write_atomically
-from model import Qwen3
+from model import DTYPES, Qwen3
 from sample import generate
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -104,14 +106,14 @@ def distances(x, y, texts_a, texts_b, projections: int, seed: int) -> dict:
 # Rollouts of both models on the fixed prompts
 
 
-def rollouts(path: str, prompts: list, args):
-    model = Qwen3.from_pretrained(path)
+def rollouts(path: str, prompts: list, seed: int, args):
+    model = Qwen3.from_pretrained(path, dtype=DTYPES.get(args.dtype))
     tokenizer = load_tokenizer(model)
     ids = [tokenizer.encode(p).ids for p in prompts]
-    completions = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed,
+    completions = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=seed,
                            stop=gsm8k.STOP, tokenizer=tokenizer, batch_size=args.batch_size)
     states = [s for p, c in zip(prompts, completions) for s in prefix_states(p, c.tokens, tokenizer, args.cuts)]
-    return states, [c.text for c in completions]
+    return states, [c.text for c in completions], str(model.lm_head.weight.dtype).removeprefix("torch.")
 
 
 def main(argv=None) -> int:
@@ -127,27 +129,38 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=int, default=4096, help="hash buckets of the lexical features")
     parser.add_argument("--projections", type=int, default=128, help="directions of the sliced Wasserstein")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the base's rollouts; the model's use seed + 1")
+    parser.add_argument("--dtype", choices=DTYPES, help="weights (default: the dtype each checkpoint was saved in)")
     parser.add_argument("--out", help="results JSON (default: results/<model name>/drift.json)")
     args = parser.parse_args(argv)
+    out = Path(args.out or Path("results") / Path(args.model.rstrip("/")).name / "drift.json")
     try:
+        for name in ("prompts", "cuts", "max_new_tokens", "features", "projections", "batch_size"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        if args.shots < 0:
+            raise ValueError(f"--shots must be 0 or more, got {args.shots}")
+        if out.is_dir():
+            raise ValueError(f"--out {out}: is a directory")
+        check_writable(out)
         test = gsm8k.load("test", args.data_dir)[:args.prompts]
         train = gsm8k.load("train", args.data_dir) if args.shots else []
         prompts = [gsm8k.prompt(item["question"], gsm8k.exemplars(train, args.shots, index))
                    for index, item in enumerate(test)]
-        base_states, base_texts = rollouts(args.base, prompts, args)
-        model_states, model_texts = rollouts(args.model, prompts, args)
+        base_states, base_texts, base_dtype = rollouts(args.base, prompts, args.seed, args)
+        model_states, model_texts, model_dtype = rollouts(args.model, prompts, args.seed + 1, args)
         if not base_states or not model_states:
             raise ValueError("no states: every rollout was empty")
         x, y = features(base_states, args.features), features(model_states, args.features)
         result = {"base": args.base, "model": args.model,
                   "protocol": {"prompts": len(prompts), "shots": args.shots, "cuts": args.cuts,
-                               "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "seed": args.seed,
+                               "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
+                               "seeds": {"base": args.seed, "model": args.seed + 1},
+                               "dtypes": {"base": base_dtype, "model": model_dtype},
                                "features": f"hashed word unigrams + bigrams, {args.features} buckets, L2-normalised",
                                "mmd": "RBF kernel, median-heuristic bandwidth, biased V-statistic of MMD^2",
                                "states": [len(base_states), len(model_states)]},
                   "distances": distances(x, y, base_texts, model_texts, args.projections, args.seed)}
-        out = Path(args.out or Path("results") / Path(args.model.rstrip("/")).name / "drift.json")
         write_atomically(out, result)
     except (CheckpointError, DataError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -29,25 +29,34 @@ def load(split: str, data_dir=None) -> list:
     if split not in ("train", "test"):
         raise ValueError(f"unknown GSM8K split {split!r} (train or test)")
     if data_dir is None:
-        return [{"question": row["question"], "answer": row["answer"]}
-                for row in hub_rows("openai/gsm8k", f"main/{split}-*.parquet")]
+        rows = hub_rows("openai/gsm8k", f"main/{split}-*.parquet")
+        return [checked(row, f"openai/gsm8k {split} row {number}") for number, row in enumerate(rows, start=1)]
     path = data_file(data_dir, f"gsm8k/{split}.jsonl")
     items = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            if not (isinstance(item, dict) and isinstance(item.get("question"), str)
-                    and isinstance(item.get("answer"), str)):
-                raise DataError(f"{path}:{number}: expected an object with string fields question and answer")
-            items.append({"question": item["question"], "answer": item["answer"]})
+    try:
+        with open(path, encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if line.strip():
+                    items.append(checked(line, f"{path}:{number}"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
     if not items:
         raise DataError(f"{path}: no items")
     return items
+
+
+def checked(line, where: str) -> dict:
+    """A {"question", "answer"} item from a JSON line (or a hub row), refused unless the answer ends in "#### N":
+    without it the whole solution would be the reference, and every completion would score 0."""
+    try:
+        item = json.loads(line) if isinstance(line, str) else line
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: invalid JSON ({error.msg})") from None
+    if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("answer"), str)):
+        raise DataError(f"{where}: expected an object with string fields question and answer")
+    if "#### " not in item["answer"]:
+        raise DataError(f"{where}: the answer has no final '#### N'")
+    return {"question": item["question"], "answer": item["answer"]}
 
 # -----------------------------------------------------------------------------
 # Prompt format (lm-eval gsm8k.yaml: doc_to_text "Question: {{question}}\nAnswer:", doc_to_target

@@ -56,6 +56,8 @@ def read_csv(path) -> list:
                 line = reader.line_num + 1
         except csv.Error as error:
             raise DataError(f"{path}:{line}: malformed CSV ({error})") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text") from None
     if not items:
         raise DataError(f"{path}: no items")
     return items

@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from checkpoint import CheckpointError, check_writable
+
 # The paper's Table 2 (arXiv 2605.22731): GSM8K, TruthfulQA, MMLU, MMD drift, forgetting, retention
 PAPER = {
     "base": ("Base", 0.448, 0.300, 0.436, None, None, None),
@@ -36,23 +38,62 @@ def paper_name(run: str) -> str:
 
 
 def forgetting_and_retention(base: tuple, post: tuple) -> tuple:
-    """(TruthfulQA, MMLU) scores -> (mean of base - post, mean of post / base), the paper's definitions."""
+    """(TruthfulQA, MMLU) scores -> (mean of base - post, mean of post / base), the paper's definitions.
+    Retention is None when a base score is 0 (a ratio to nothing)."""
     forgetting = sum(b - p for b, p in zip(base, post)) / len(base)
-    retention = sum(p / b for b, p in zip(base, post)) / len(base)
+    retention = sum(p / b for b, p in zip(base, post)) / len(base) if all(base) else None
     return forgetting, retention
 
 # -----------------------------------------------------------------------------
-# Reading the runs
+# Reading the runs: every file is checked before anything is written, and a bad one is named
+
+
+class ReportError(ValueError):
+    """A results file the report cannot use; the message names it."""
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8, not JSON
+        raise ReportError(f"{path}: cannot read it as JSON ({type(error).__name__})") from None
 
 
 def read_run(folder: Path) -> dict:
-    evaluation = json.loads((folder / "eval.json").read_text())
-    drift_file = folder / "drift.json"
-    drift = json.loads(drift_file.read_text())["distances"] if drift_file.exists() else None
-    scores = {task: (evaluation["summary"][task][metric], evaluation["summary"][task][metric + "_stderr"])
-              for task, metric, _ in BENCHMARKS if task in evaluation["summary"]}
+    path = folder / "eval.json"
+    evaluation = read_json(path)
+    if not (isinstance(evaluation, dict) and isinstance(evaluation.get("model"), str)
+            and isinstance(evaluation.get("summary"), dict) and isinstance(evaluation.get("protocol"), dict)
+            and {"shots", "limit", "data", "device", "dtype"} <= set(evaluation["protocol"])):
+        raise ReportError(f"{path}: not a results file of python -m evals (model, protocol and summary expected)")
+    summary = evaluation["summary"]
+    try:
+        scores = {task: (float(summary[task][metric]), float(summary[task][metric + "_stderr"]))
+                  for task, metric, _ in BENCHMARKS if task in summary}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ReportError(f"{path}: a score is missing or not a number ({error})") from None
+    drift_file, drift = folder / "drift.json", None
+    if drift_file.exists():
+        drift = read_json(drift_file)
+        drift = drift.get("distances") if isinstance(drift, dict) else None
+        if not isinstance(drift, dict) or not isinstance(drift.get("mmd2"), (int, float)):
+            raise ReportError(f"{drift_file}: not a results file of python -m evals.drift (distances.mmd2 expected)")
     return {"name": folder.name, "model": evaluation["model"], "protocol": evaluation["protocol"], "scores": scores,
-            "mmd": drift["mmd2"] if drift else None, "drift": drift}
+            "mmd": drift["mmd2"] if drift else None, "drift": drift, "metrics": read_metrics(evaluation["model"])}
+
+
+def read_metrics(model: str) -> list:
+    """The training log beside a run's checkpoint (none for the base model or a hub id)."""
+    path = Path(model) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except ValueError as error:
+        raise ReportError(f"{path}: corrupt training log ({type(error).__name__})") from None
+    if not all(isinstance(record, dict) and "step" in record for record in records):
+        raise ReportError(f"{path}: corrupt training log (records without a step)")
+    return records
 
 
 def table(runs: list, base: dict) -> str:
@@ -67,7 +108,8 @@ def table(runs: list, base: dict) -> str:
         if run is not base and len(retained) == 2:
             forgetting, retention = forgetting_and_retention(tuple(base["scores"][t][0] for t in retained),
                                                              tuple(run["scores"][t][0] for t in retained))
-            tail = [f"{run['mmd']:.5f}" if run["mmd"] is not None else "-", f"{forgetting:.4f}", f"{retention:.4f}"]
+            tail = [f"{run['mmd']:.5f}" if run["mmd"] is not None else "-", f"{forgetting:.4f}",
+                    f"{retention:.4f}" if retention is not None else "- (a base score is 0)"]
         else:
             tail = ["-", "-", "-"]
         lines.append(f"| {run['name']} | ours | " + " | ".join(cells + tail) + " |")
@@ -109,12 +151,7 @@ def plot_training_curves(runs: list, path: Path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    curves = []
-    for run in runs:
-        metrics_file = Path(run["model"]) / "metrics.jsonl"
-        if metrics_file.exists():
-            records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-            curves.append((run["name"], records))
+    curves = [(run["name"], run["metrics"]) for run in runs if run["metrics"]]
     if not curves:
         return False
     columns = min(3, len(curves))
@@ -143,16 +180,19 @@ def main(argv=None) -> int:
     parser.add_argument("--base", default="base", help="the run that forgetting and retention compare with")
     parser.add_argument("--out", default="results/report.md")
     args = parser.parse_args(argv)
+    out = Path(args.out)
     try:
+        if out.is_dir():
+            raise ReportError(f"--out {out} is a directory; name the report file, e.g. {out / 'report.md'}")
+        check_writable(out)
         runs = [read_run(Path(folder)) for folder in args.runs]
-    except (OSError, KeyError, json.JSONDecodeError) as error:
-        print(f"error: cannot read a run's results: {error}", file=sys.stderr)
+    except (ReportError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     base = next((run for run in runs if run["name"] == args.base), None)
     if base is None:
         print(f"error: no run named {args.base!r} among {[run['name'] for run in runs]}", file=sys.stderr)
         return 1
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     protocol = base["protocol"]
     lines = ["# Post-training is about states: our runs beside the paper's Table 2", "",

@@ -52,6 +52,8 @@ def load(data_dir=None) -> list:
             entries = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text") from None
         if not isinstance(entries, list):
             raise DataError(f"{path}: expected a JSON list of questions")
         items, source = [], str(path)
@@ -83,14 +85,11 @@ def mc1(loglikelihoods: list, labels: list) -> int:
 
 
 def mc2(loglikelihoods: list, labels: list) -> float:
-    """Probability mass on the true choices, normalised over all choices (lm-eval `process_results_mc2`).
-
-    As lm-eval does, the choices before the first 0 label count as true: in the hub's data the true
-    choices come first, except in two questions where a true choice follows a false one.
-    """
-    split = labels.index(0)
+    """Probability mass on the choices labelled 1, normalised over all choices (lm-eval 0.4.13
+    `process_results_mc2`). Older lm-eval counted the choices before the first 0 as the true ones, which
+    differs on the two validation questions (25 and 208) where a true choice follows a false one."""
     probabilities = np.exp(np.asarray(loglikelihoods) - np.max(loglikelihoods))  # shifted: no underflow
-    return float(probabilities[:split].sum() / probabilities.sum())
+    return float(probabilities[np.asarray(labels) == 1].sum() / probabilities.sum())
 
 # -----------------------------------------------------------------------------
 # Evaluation

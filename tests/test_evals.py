@@ -96,8 +96,22 @@ def test_truthfulqa_mc2():
     assert truthfulqa.mc2([0.0, math.log(3)], [1, 0]) == pytest.approx(0.25)
     # very unlikely sentences: exp(-1000) underflows, the ratio must not
     assert truthfulqa.mc2([-1000.0, -1000.0 + math.log(3)], [1, 0]) == pytest.approx(0.25)
-    # lm-eval counts the choices before the first 0 label as true: here only the first (0.2)
-    assert truthfulqa.mc2([math.log(0.2), math.log(0.3), math.log(0.5)], [1, 0, 1]) == pytest.approx(0.2)
+    # lm-eval 0.4.13 sums the choices labelled 1, wherever they stand: 0.2 + 0.5 (the older rule, the choices
+    # before the first 0, gave 0.2)
+    assert truthfulqa.mc2([math.log(0.2), math.log(0.3), math.log(0.5)], [1, 0, 1]) == pytest.approx(0.7)
+
+
+def test_truthfulqa_mc2_on_the_two_questions_with_a_true_choice_after_a_false_one(data_dir):
+    """Validation questions 25 and 208: a true choice follows a false one; with equal log-likelihoods the mass
+    on the true choices is (number labelled 1) / (number of choices), not (number before the first 0) / n."""
+    items = truthfulqa.load(data_dir)
+    for index, true_count, count in [(25, 4, 9), (208, 3, 7)]:
+        labels = items[index]["mc2_targets"]["labels"]
+        assert labels.index(0) < len(labels) - 1 - labels[::-1].index(1)  # a 1 after the first 0
+        assert truthfulqa.mc2([-2.0] * len(labels), labels) == pytest.approx(true_count / count)
+        # all the mass on the late true choice: lm-eval 0.4.13 scores it 1 (the older rule scored it 0)
+        late = len(labels) - 1 - labels[::-1].index(1)
+        assert truthfulqa.mc2([-50.0 if i != late else 0.0 for i in range(len(labels))], labels) == pytest.approx(1.0)
 
 
 def test_truthfulqa_context():

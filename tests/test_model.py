@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from transformers import Qwen3ForCausalLM
 
 from conftest import reference_checkpoint
-from checkpoint import CheckpointError, load_tokenizer
-from model import Qwen3, add_lora, token_logprobs
+from checkpoint import CheckpointError, atomic_directory, load_tokenizer, recover_directory
+from model import Qwen3, add_lora, load_dtype, token_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,3 +176,68 @@ def test_real_qwen_tokenizer(data_dir):
     tokenizer = load_tokenizer(data_dir / "qwen_tokenizer")
     assert tokenizer.encode("Hello world").ids == [9707, 1879]
     assert tokenizer.token_to_id("<|endoftext|>") == 151643
+
+
+def test_a_small_update_survives_the_reload_in_the_saved_dtype(tmp_path, monkeypatch):
+    """A post-trained checkpoint is saved in float32 and loaded back in float32, also where the GPU computes in
+    bf16: round_bf16(W + dW) would drop much of an RL-sized update (|W| ~ 3e-2, |dW| ~ 1e-4)."""
+    reference_checkpoint(tmp_path / "base")
+    base = Qwen3.from_pretrained(tmp_path / "base")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.03)
+    base.save_pretrained(tmp_path / "base")
+    trained = Qwen3.from_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(torch.randn_like(parameter) * 1e-4)
+    trained.save_pretrained(tmp_path / "trained")  # float32, as the trainers save
+    assert json.loads((tmp_path / "trained" / "config.json").read_text())["torch_dtype"] == "float32"
+    reloaded = Qwen3.from_pretrained(tmp_path / "trained")
+    for (name, a), (_, b), (_, w) in zip(trained.named_parameters(), reloaded.named_parameters(), base.named_parameters()):
+        assert b.dtype == torch.float32 and torch.equal(a, b), name
+        if "norm" not in name:  # what bf16 would have done to the update: a third of it gone or worse
+            lost = (a.to(torch.bfloat16).float() == w.to(torch.bfloat16).float()).float().mean()
+            assert lost > 0.25, name
+    # the rule on a GPU (checked without one): the saved dtype where the GPU has it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cuda = torch.device("cuda")
+    assert load_dtype("float32", cuda) == torch.float32 and load_dtype("bfloat16", cuda) == torch.bfloat16
+    assert load_dtype(None, cuda) == torch.bfloat16 and load_dtype("float16", cuda) == torch.float16
+    assert load_dtype("bfloat16", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)  # a T4
+    assert load_dtype("bfloat16", cuda) == torch.float32
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    reference_checkpoint(tmp_path / "good")
+    model = Qwen3.from_pretrained(tmp_path / "good")
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="model.layers.0.mlp.up_proj.weight has NaN or infinite values"):
+        Qwen3.from_pretrained(tmp_path / "nan")
+
+
+def test_a_save_killed_midway_is_tidied_up_on_the_next_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "version").write_text("1")
+    staging, old = tmp_path / ".run.staging-99999", tmp_path / ".run.old-99998"
+    staging.mkdir()
+    (staging / "state.pt").write_bytes(b"trunc")  # killed while writing
+    with atomic_directory(out) as folder:
+        (folder / "version").write_text("2")
+    assert (out / "version").read_text() == "2" and not staging.exists()
+    # killed between the two renames: no `run`, the previous version in .run.old-PID: it comes back
+    out.rename(old)
+    recover_directory(out)
+    assert (out / "version").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_write_tiny_refuses_an_existing_directory(tmp_path):
+    result = subprocess.run([sys.executable, "model.py", "--write-tiny", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: {tmp_path} already exists: remove it or " \
+                                                                "choose another directory"

@@ -123,6 +123,8 @@ def test_full_kl_equals_direct_computation(tmp_path, tiny_checkpoint, digit_teac
 
 def test_mismatched_vocabulary_is_refused(tmp_path, tiny_checkpoint):
     other = write_tiny(tmp_path / "other", vocab_size=400)
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n' * 16)
     result = subprocess.run([sys.executable, "opd.py", "--teacher", str(other), "--student", str(tiny_checkpoint),
                              "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

@@ -123,6 +123,33 @@ def test_kl_penalty_and_clipping_against_direct_computation(hand_made):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_kl_leash_holds_every_sequence_to_the_starting_model(tmp_path, tiny_checkpoint):
+    """--kl-coef > 0: groups whose rewards all agree still get the KL term (their advantage is 0, their KL is
+    not, so a step where every group agrees still updates), and with full fine-tuning the reference is --model
+    loaded again, not the live (say resumed) model."""
+    args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "kl"), "--lora-rank", "0",
+                          "--kl-coef", "1.0", "--max-new-tokens", "4", "--group-size", "4", "--warmup-steps", "0",
+                          "--lr", "1e-2"])
+    run = training.Run(args, total_steps=2)
+    torch.manual_seed(0)
+    with torch.no_grad():  # as after --resume: the live model is no longer the starting one
+        for parameter in run.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    reference = rl.reference_function(run)
+    prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "Ann has"]]
+    sequence = {"tokens": prompts[0] + [5, 6, 7], "loss": [False] * len(prompts[0]) + [True] * 3,
+                "advantage": [0.0] * (len(prompts[0]) + 3)}
+    batch = training.make_batches([sequence], 100)[0]
+    start = Qwen3.from_pretrained(tiny_checkpoint)
+    with torch.no_grad():
+        assert torch.allclose(reference(batch), training.target_logprobs(start, batch), atol=1e-6)
+        assert not torch.allclose(reference(batch), training.target_logprobs(run.model, batch), atol=1e-3)
+    before = [parameter.clone() for parameter in run.model.parameters()]
+    stats = rl.rl_step(run, prompts, lambda i, completion: 1.0, args, reference)  # every group agrees
+    assert stats["all_equal_groups"] == 1 and stats["kl"] > 0 and run.step == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))  # the KL's update ran
+
+
 def test_mean_reward_rises_on_a_toy_verifiable_task(tmp_path, tiny_checkpoint):
     """Reward 1 when the completion starts with a digit: RL, not GSM8K, on a tiny random model."""
     args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "toy"), "--lr", "3e-2",

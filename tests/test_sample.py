@@ -119,6 +119,21 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert kept[0].tolist() == pytest.approx([0.4, 0, 0, 0])
 
 
+@pytest.mark.parametrize("top_k, top_p", [(2, 0.5), (3, 0.6), (3, 0.9), (0, 0.6), (4, 0.3)])
+def test_top_p_after_top_k_keeps_what_transformers_keeps(top_k, top_p):
+    """transformers (the reference) applies top-p to the distribution renormalised over the top-k survivors:
+    with [0.4, 0.3, 0.2, 0.1], top_k 2 and top_p 0.5 keep 0.4 alone (4/7 of the kept mass is past 0.5)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+    probs = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    logits = probs.log()
+    if top_k:
+        logits = TopKLogitsWarper(top_k)(None, logits)
+    expected = torch.isfinite(TopPLogitsWarper(top_p)(None, logits))  # the tokens transformers keeps
+    kept, ids = filter_probabilities(probs.clone(), top_k, top_p)
+    ours = torch.zeros_like(expected).scatter(1, ids, kept > 0)
+    assert torch.equal(ours, expected)
+
+
 def test_sampled_frequencies_follow_the_filtered_distribution():
     logits = torch.log(torch.tensor([0.1, 0.4, 0.2, 0.3])).expand(40000, 4)
     uniforms = torch.rand(40000, generator=torch.Generator().manual_seed(0))
@@ -247,3 +262,12 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
     expected = generate(model, prompts, **sampled)
     actual = generate(model, prompts, compile=True, **sampled)
     assert [c.tokens for c in actual] == [c.tokens for c in expected]
+
+
+def test_score_refuses_nan_log_probabilities(tiny_checkpoint):
+    """NaN log-likelihoods would make TruthfulQA's argmax pick the first choice, always the true one (MC1 = 1)."""
+    model = Qwen3.from_pretrained(tiny_checkpoint)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite log-probabilities"):
+        score(model, [([1, 2, 3], [4, 5])])

@@ -1,5 +1,7 @@
 """sft.py and the shared training module: the masked loss, overfitting, checkpoints, resume, bad input."""
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +124,88 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_checkpoint, 
         assert torch.allclose(a, b, atol=1e-6), name
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_ctrl_c_finishes_the_step_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path, tiny_checkpoint,
+                                                                                         monkeypatch):
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    common = ["--model", str(tiny_checkpoint), "--data-dir", str(data), "--max-steps", "4", "--batch-size", "4",
+              "--lr", "1e-2", "--lora-dropout", "0.1", "--save-every", "0", "--heldout", "0"]
+    sft.main(common + ["--out", str(tmp_path / "whole")])
+    original, handler = training.Run.train_step, signal.getsignal(signal.SIGINT)
+
+    def interrupted(self, *args):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
+        return original(self, *args)
+    monkeypatch.setattr(training.Run, "train_step", interrupted)
+    with pytest.raises(training.Interrupted) as interrupt:
+        sft.main(common + ["--out", str(tmp_path / "split")])
+    assert interrupt.value.exit_code == 130 and "interrupted at step 2/4" in str(interrupt.value)
+    assert "with --resume to continue" in str(interrupt.value)
+    assert json.loads((tmp_path / "split" / "progress.json").read_text()) == {"step": 2, "total_steps": 4,
+                                                                             "finished": False}
+    assert signal.getsignal(signal.SIGINT) is handler  # the run gave Ctrl-C back
+    monkeypatch.setattr(training.Run, "train_step", original)
+    sft.main(common + ["--out", str(tmp_path / "split"), "--resume"])
+    whole, split = Qwen3.from_pretrained(tmp_path / "whole"), Qwen3.from_pretrained(tmp_path / "split")
+    for (name, a), (_, b) in zip(whole.named_parameters(), split.named_parameters()):
+        assert torch.equal(a, b), name
+    # a finished run resumed (here with --save-every changed, which cannot change the result) does nothing
+    stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "split").rglob("*")}
+    sft.main(common + ["--out", str(tmp_path / "split"), "--resume", "--save-every", "1"])
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "split").rglob("*")} == stamps
+
+
+def test_resume_state_is_saved_every_50_steps_by_default(tmp_path, tiny_checkpoint, monkeypatch):
+    data = write_gsm8k(tmp_path / "data", ITEMS * 2)
+    original = training.Run.train_step
+
+    def power_cut(self, *args):
+        if self.step == 52:
+            raise KeyboardInterrupt  # no chance to save
+        return original(self, *args)
+    monkeypatch.setattr(training.Run, "train_step", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                  "--max-steps", "60", "--epochs", "100", "--batch-size", "2", "--heldout", "0"])
+    assert json.loads((tmp_path / "out" / "progress.json").read_text())["step"] == 50
+    assert (tmp_path / "out" / "resume" / "state.pt").exists()
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path, tiny_checkpoint):
+    """A cluster's pre-emption: SIGTERM ends the step, saves, and exits 143 with one line on how to resume."""
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "sft.py", "--model", str(tiny_checkpoint), "--data-dir", str(data),
+                                "--out", str(out), "--epochs", "100000", "--batch-size", "4", "--heldout", "0"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("step 1/"):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted at step ")
+    assert f"{out} holds step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert not json.loads((out / "progress.json").read_text())["finished"]
+
+
+def test_nan_weights_are_never_saved(tmp_path, tiny_checkpoint, monkeypatch):
+    """A finite loss and gradient can still leave NaN weights (an infinite step): the save refuses them."""
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    original = training.Run.train_step
+
+    def diverging(self, *args):
+        stats = original(self, *args)
+        with torch.no_grad():
+            self.parameters[0].fill_(float("nan"))
+        return stats
+    monkeypatch.setattr(training.Run, "train_step", diverging)
+    with pytest.raises(training.TrainingError, match="NaN or infinite .*stopped before saving"):
+        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                  "--max-steps", "1", "--batch-size", "4", "--heldout", "0"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_nan_loss_stops_before_saving(tmp_path, tiny_checkpoint, monkeypatch):

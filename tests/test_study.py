@@ -1,8 +1,11 @@
 """State drift metrics, the report's forgetting and retention, and the --tiny study end to end."""
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +71,22 @@ def run_study(*arguments):
 @pytest.mark.slow
 def test_tiny_study_end_to_end_and_resumable(tmp_path):
     ckpt, results = tmp_path / "ckpt", tmp_path / "results"
+    # Ctrl-C while stress SFT trains: the stage finishes its step and saves, the study stops with one line
+    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--tiny", "--ckpt-dir", str(ckpt),
+                              "--results-dir", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage = None
+    for line in study.stdout:
+        stage = line.strip() if line.startswith("[") else stage
+        if "train sft_stress" in (stage or "") and line.startswith("step 1/4"):
+            study.send_signal(signal.SIGINT)
+            break
+    _, stderr = study.communicate(timeout=600)
+    assert study.returncode == 130 and stderr.strip().splitlines()[-1] == (
+        "study interrupted during 'train sft_stress': run the same command again to continue"), stderr[-2000:]
+    assert json.loads((ckpt / "sft_stress" / "progress.json").read_text())["step"] == 2  # saved where it stopped
     first = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "train sft_mild: done" in first.stdout and "--out " + str(ckpt / "sft_stress") + " --resume" in first.stdout
     report_text = (results / "report.md").read_text()
     for row in ("| base | ours |", "| sft_stress | ours |", "| Stress SFT | paper | 0.420 | 0.245 | 0.364 |",
                 "| opd_sft_stress | ours |", "| opd_sft_mild | ours |", "| rl | ours |"):
@@ -88,8 +105,68 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
 def test_compile_reaches_the_stages_that_sample():
     """study.py --compile: rl, opd and the evals decode with the compiled step; SFT and drift do not sample so."""
     import study
-    stages = {description: command for description, _, command in study.stages(study.parse_args(["--tiny", "--compile"]))}
+    stages = {stage.description: stage.command for stage in study.stages(study.parse_args(["--tiny", "--compile"]))}
     compiled = {description for description, command in stages.items() if "--compile" in command}
     assert compiled == {"evaluate the base model", "train opd_sft_stress", "train opd_sft_mild", "train rl",
                         *(f"evaluate {run}" for run in ("sft_mild", "sft_stress", "opd_sft_stress", "opd_sft_mild", "rl"))}
-    assert not any("--compile" in command for _, _, command in study.stages(study.parse_args(["--tiny"])))
+    assert not any("--compile" in stage.command for stage in study.stages(study.parse_args(["--tiny"])))
+
+
+def test_a_cut_stage_resumes_and_changed_flags_redo_what_they_change(tmp_path):
+    """study.py's bookkeeping, on stand-in outputs: a stage is done when its output exists, was made by the same
+    command and is newer than its inputs; a training run that was cut resumes; --limit redoes only the evals."""
+    import study
+    folders = ["--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir", str(tmp_path / "results")]
+    plan = study.stages(study.parse_args(["--tiny", "--limit", "8", *folders]))
+    (tmp_path / "ckpt" / "base").mkdir(parents=True)
+    (tmp_path / "ckpt" / "base" / "config.json").write_text("{}")
+    for stage in plan:  # made in order, each after its inputs
+        stage.output.parent.mkdir(parents=True, exist_ok=True)
+        stage.output.write_text(json.dumps({"finished": True}) if stage.trains else "{}")
+    recorded = {str(stage.output): stage.command for stage in plan}
+    assert all(study.is_done(stage, recorded) for stage in plan)
+    rl_stage = next(stage for stage in plan if stage.description == "train rl")
+    assert study.command_to_run(rl_stage)[-1] == "--resume"  # its folder exists
+    made = rl_stage.output.stat()
+    rl_stage.output.write_text(json.dumps({"finished": False}))  # cut: saved at some step, not finished
+    assert not study.is_done(rl_stage, recorded) and study.command_to_run(rl_stage)[-1] == "--resume"
+    rl_stage.output.write_text(json.dumps({"finished": True}))
+    os.utime(rl_stage.output, ns=(made.st_atime_ns, made.st_mtime_ns))  # as it was
+    redo = [stage.description for stage in study.stages(study.parse_args(["--tiny", "--limit", "2", *folders]))
+            if not study.is_done(stage, recorded)]
+    assert redo == ["evaluate the base model"] + [f"evaluate {run}" for run in
+                                                  ("sft_mild", "sft_stress", "opd_sft_stress", "opd_sft_mild", "rl")]
+    # an input made after the output: stale (for a training run, study.py refuses rather than mixing two runs)
+    time.sleep(0.05)  # past the file system's clock tick
+    opd_stage = next(stage for stage in plan if stage.description == "train opd_sft_stress")
+    teacher = next(stage for stage in plan if stage.description == "train sft_stress").output
+    teacher.write_text(json.dumps({"finished": True}))
+    assert study.changed_inputs(opd_stage) == [teacher] and not study.is_done(opd_stage, recorded)
+
+
+def test_drift_draws_the_two_models_independently(tmp_path, tiny_checkpoint):
+    """The same model on both sides: with shared random numbers its states would be identical (MMD 0); drawn
+    independently they are two samples of one distribution."""
+    from evals import drift
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    items = [{"question": f"Ann has {n} pens. How many?", "answer": f"#### {n}"} for n in range(6)]
+    (tmp_path / "data" / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    out = tmp_path / "drift.json"
+    assert drift.main(["--base", str(tiny_checkpoint), "--model", str(tiny_checkpoint), "--data-dir",
+                       str(tmp_path / "data"), "--prompts", "6", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["protocol"]["seeds"] == {"base": 0, "model": 1}
+    assert result["protocol"]["dtypes"] == {"base": "float32", "model": "float32"}
+    assert result["distances"]["mmd2"] > 0 and result["distances"]["jaccard"] > 0
+
+
+def test_report_with_a_base_score_of_zero(tmp_path, capsys):
+    from evals import report
+    protocol = {"shots": 0, "limit": 8, "data": "x", "device": "cpu", "dtype": "float32"}
+    for run, mc1 in [("base", 0.0), ("sft_mild", 0.25)]:
+        summary = {"truthfulqa": {"mc1": mc1, "mc1_stderr": 0.1}, "mmlu": {"accuracy": 0.5, "accuracy_stderr": 0.1}}
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "eval.json").write_text(json.dumps({"model": run, "protocol": protocol, "summary": summary}))
+    assert report.main([str(tmp_path / "base"), str(tmp_path / "sft_mild"), "--out", str(tmp_path / "report.md")]) == 0
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| sft_mild"))
+    assert "-0.1250" in row and "- (a base score is 0)" in row

@@ -1,0 +1,164 @@
+"""Bad input to every command: each case exits non-zero with one line that says what is wrong, and writes or
+changes nothing. The commands run in-process (their main(argv)), as their `__main__` blocks run them."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import model
+import opd
+import rl
+import sample
+import sft
+import training
+from checkpoint import CheckpointError
+from evals import __main__ as evaluate, drift, report
+
+ITEM = {"question": "Ann has 2 pens and gets 3 more. How many?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}
+
+
+def outcome(main, argv, capsys) -> tuple:
+    """(exit code, what the user sees on stderr) of main(argv) run as its command-line wrapper runs it."""
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    except (CheckpointError, ValueError) as error:  # sample.py's and model.py's __main__ blocks print these
+        code = f"error: {error}"
+    stderr = capsys.readouterr().err if capsys else ""
+    if isinstance(code, str):  # sys.exit("error: ..."): Python prints the string and exits with status 1
+        stderr, code = stderr + code + "\n", 1
+    return code, stderr
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_checkpoint):
+    """A folder of good and bad inputs: data, checkpoints, a finished run, results folders."""
+    root = tmp_path_factory.mktemp("bad_input")
+    shutil.copytree(tiny_checkpoint, root / "tiny")
+    lines = "".join(json.dumps(ITEM) + "\n" for _ in range(40))
+    for name, text in [("data", lines), ("no_hashes", lines.replace("#### 5", "5"))]:
+        (root / name / "gsm8k").mkdir(parents=True)
+        for split in ("train", "test"):
+            (root / name / "gsm8k" / f"{split}.jsonl").write_text(text)
+    (root / "latin1" / "gsm8k").mkdir(parents=True)
+    (root / "latin1" / "gsm8k" / "train.jsonl").write_bytes(json.dumps(ITEM).replace("Ann", "Ané").encode("latin-1"))
+    for name in ("list_config", "string_size", "bad_tokenizer"):
+        shutil.copytree(tiny_checkpoint, root / name)
+    (root / "list_config" / "config.json").write_text("[]")
+    settings = json.loads((root / "string_size" / "config.json").read_text())
+    (root / "string_size" / "config.json").write_text(json.dumps({**settings, "hidden_size": "64"}))
+    (root / "bad_tokenizer" / "tokenizer.json").write_text("{not a tokenizer")
+    code, stderr = outcome(lambda argv: training.run_main(lambda: sft.main(argv)),
+                           defaults("sft", root) + ["--max-steps", "2", "--out", str(root / "done")], None)
+    assert code is None, stderr
+    shutil.copytree(root / "done", root / "bad_resume")
+    (root / "bad_resume" / "resume" / "state.pt").write_bytes(b"not a torch file")
+    (root / "afile").write_text("a file, not a folder")
+    results = root / "results"
+    protocol = {"shots": 0, "limit": 8, "data": "x", "device": "cpu", "dtype": "float32"}
+    evaluation = {"model": str(root / "tiny"), "protocol": protocol,
+                  "summary": {"truthfulqa": {"mc1": 0.5, "mc1_stderr": 0.1}}}
+    for run, text in [("base", json.dumps(evaluation)), ("listed", "[1, 2]"),
+                      ("nullsummary", json.dumps({**evaluation, "summary": None})),
+                      ("noprotocol", json.dumps({**evaluation, "protocol": {"shots": 0}})), ("corrupt", "{"),
+                      ("trained", json.dumps({**evaluation, "model": str(root / "broken_log")}))]:
+        (results / run).mkdir(parents=True)
+        (results / run / "eval.json").write_text(text)
+    (root / "broken_log").mkdir()
+    (root / "broken_log" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, trunc')
+    return root
+
+
+COMMANDS = {  # name -> main(argv) as its command-line wrapper runs it
+    "sft": lambda argv: training.run_main(lambda: sft.main(argv)),
+    "rl": lambda argv: training.run_main(lambda: rl.main(argv)),
+    "opd": lambda argv: training.run_main(lambda: opd.main(argv)),
+    "drift": drift.main, "sample": sample.main, "evals": evaluate.main, "report": report.main, "model": model.main,
+}
+
+
+def defaults(command: str, world: Path) -> list:
+    """Arguments that would make the command run, so that a case's own flags are the only thing wrong."""
+    tiny, data, new = str(world / "tiny"), str(world / "data"), str(world / "new")
+    return {"sft": ["--model", tiny, "--data-dir", data, "--out", new, "--batch-size", "4", "--heldout", "0"],
+            "rl": ["--model", tiny, "--data-dir", data, "--out", new],
+            "opd": ["--model", tiny, "--teacher", tiny, "--data-dir", data, "--out", new],
+            "drift": ["--base", tiny, "--model", tiny, "--data-dir", data, "--out", new + ".json"],
+            "sample": ["--model", tiny, "--prompt", "Question:"],
+            "evals": [tiny, "--tasks", "gsm8k", "--data-dir", data, "--out", new + ".json"],
+            "report": ["--out", str(world / "report.md")], "model": []}[command]
+
+
+CASES = [  # (command, arguments with {w} for the folder, what the line must say)
+    ("sft", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ("sft", ["--limit", "0"], "--limit must be at least 1"),
+    ("sft", ["--eval-every", "0"], "--eval-every must be at least 1"),
+    ("sft", ["--max-steps", "0"], "--max-steps must be at least 1"),
+    ("sft", ["--heldout", "-1"], "--heldout must be at least 0"),
+    ("sft", ["--lora-rank", "-1"], "--lora-rank must be at least 0"),
+    ("sft", ["--grad-clip", "0"], "--lr and --grad-clip must be positive"),
+    ("sft", ["--lr", "inf"], "--lr and --grad-clip must be positive and finite"),
+    ("sft", ["--lora-alpha", "0"], "--lora-alpha must be positive"),
+    ("sft", ["--device", "cuda"], "not available here"),
+    ("sft", ["--device", "tpu9"], "unknown device 'tpu9'"),
+    ("sft", ["--model", "{w}/list_config"], "list_config/config.json: expected a JSON object"),
+    ("sft", ["--model", "{w}/string_size"], "hidden_size must be a positive integer, got '64'"),
+    ("sft", ["--model", "{w}/bad_tokenizer"], "bad_tokenizer/tokenizer.json: not a valid tokenizer"),
+    ("sft", ["--data-dir", "{w}/latin1"], "latin1/gsm8k/train.jsonl: not UTF-8 text"),
+    ("sft", ["--data-dir", "{w}/no_hashes"], "no_hashes/gsm8k/train.jsonl:1: the answer has no final '#### N'"),
+    ("sft", ["--out", "{w}/afile"], "is a file, not a directory"),
+    ("sft", ["--out", "{w}/afile/run"], "afile is a file"),
+    ("sft", ["--out", "{w}/bad_resume", "--resume", "--max-steps", "2"], "cannot read the resume state"),
+    ("sft", ["--out", "{w}/done", "--resume", "--max-steps", "2", "--lr", "0.1"],
+     "--resume with other flags than"),
+    ("sft", ["--out", "{w}/done", "--max-steps", "2"], "already exists: pass --resume"),
+    ("rl", ["--prompts-per-step", "0"], "--prompts-per-step must be at least 1"),
+    ("rl", ["--group-size", "0"], "--group-size must be at least 1"),
+    ("rl", ["--eval-every", "0"], "--eval-every must be at least 1"),
+    ("rl", ["--updates-per-batch", "0"], "--updates-per-batch must be at least 1"),
+    ("rl", ["--steps", "0"], "--steps must be at least 1"),
+    ("rl", ["--max-steps", "-1"], "--max-steps must be at least 1"),
+    ("rl", ["--sample-batch-size", "0"], "--sample-batch-size must be at least 1"),
+    ("rl", ["--eval-items", "-1"], "--eval-items must be at least 0"),
+    ("rl", ["--temperature", "0.7"], "rl.py samples at temperature 1"),
+    ("opd", ["--samples-per-prompt", "0"], "--samples-per-prompt must be at least 1"),
+    ("opd", ["--prompts-per-step", "0"], "--prompts-per-step must be at least 1"),
+    ("opd", ["--cuts", "0"], "--cuts must be at least 1"),
+    ("opd", ["--continuation-tokens", "0"], "--continuation-tokens must be at least 1"),
+    ("opd", ["--temperature", "-1"], "--temperature must be at least 0"),
+    ("opd", ["--mode", "reverse_kl", "--temperature", "0.5"],
+     "reverse_kl samples at temperature 1"),
+    ("drift", ["--features", "0"], "--features must be at least 1"),
+    ("drift", ["--projections", "0"], "--projections must be at least 1"),
+    ("drift", ["--prompts", "0"], "--prompts must be at least 1"),
+    ("drift", ["--out", "{w}/afile/drift.json"], "afile is a file"),
+    ("sample", ["--n", "0"], "n must be at least 1, got 0"),
+    ("sample", ["--max-new-tokens", "-5"], "max_new_tokens must be at least 1, got -5"),
+    ("sample", ["--temperature", "-1"], "need temperature >= 0"),
+    ("evals", ["--out", "{w}/afile/results.json"], "afile is a file"),
+    ("evals", ["--limit", "-1"], "--limit must be at least 1"),
+    ("evals", ["--out", "{w}/results"], "is a directory"),
+    ("report", ["{w}/results/base", "{w}/results/listed"], "listed/eval.json: not a results file"),
+    ("report", ["{w}/results/base", "{w}/results/nullsummary"], "nullsummary/eval.json: not a results file"),
+    ("report", ["{w}/results/base", "{w}/results/noprotocol"], "noprotocol/eval.json: not a results file"),
+    ("report", ["{w}/results/base", "{w}/results/corrupt"], "corrupt/eval.json: cannot read it as JSON"),
+    ("report", ["{w}/results/base", "{w}/results/trained"], "broken_log/metrics.jsonl: corrupt training log"),
+    ("report", ["{w}/results/base", "--out", "{w}/results"], "is a directory"),
+    ("model", ["--write-tiny", "{w}/done"], "done already exists"),
+]
+
+
+@pytest.mark.parametrize("command, arguments, message", CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(command, arguments, message, world, capsys):
+    before = snapshot(world)
+    argv = defaults(command, world) + [a.replace("{w}", str(world)) for a in arguments]
+    code, stderr = outcome(COMMANDS[command], argv, capsys)
+    assert code not in (0, None), stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr, stderr
+    assert snapshot(world) == before  # nothing written, nothing changed
