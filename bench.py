@@ -19,7 +19,7 @@ from model import Config, Qwen3, default_dtype, token_logprobs
 from sample import generate
 
 SHAPES = {  # hidden, layers, heads, kv heads, head_dim, intermediate, vocab
-    "tiny": (64, 2, 4, 2, 32, 128, 512),  # python model.py --write-tiny
+    "tiny": (64, 2, 4, 2, 32, 128, 512),  # python tiny.py
     "small": (256, 4, 8, 4, 32, 768, 32000),
     "0.6b": (1024, 28, 16, 8, 128, 3072, 151936),  # Qwen3-0.6B-Base
 }

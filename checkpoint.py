@@ -1,15 +1,16 @@
 """
-Checkpoints in Hugging Face layout: find or download them, read and write safetensors (one file or
-shards), write a directory atomically, load the tokenizer. model.py builds on these.
+Checkpoints in Hugging Face layout: find or download them, read config.json (and refuse what model.py does
+not implement), read and write safetensors (one file or shards), write a directory atomically, load the
+tokenizer. model.py builds on these.
 
 A checkpoint directory holds config.json, model.safetensors (or model-0000N-of-0000M.safetensors
 with model.safetensors.index.json) and tokenizer.json (+ tokenizer_config.json,
 generation_config.json when the source had them).
 """
+import dataclasses
 import glob
 import json
 import os
-import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,58 @@ def resolve_checkpoint(path_or_repo_id: str) -> Path:
     except Exception as error:
         raise CheckpointError(f"{name}: not a local directory, and the download from the Hugging "
                               f"Face hub failed (offline?): {type(error).__name__}") from None
+
+
+# -----------------------------------------------------------------------------
+# config.json: what model.Config needs from it, and what we write
+
+
+def config_fields(d: dict, source: str = "config.json") -> dict:
+    """model.Config's fields from a Hugging Face config.json; refuse the Qwen3 variants model.py does not implement."""
+    def refuse(what):
+        raise CheckpointError(f"{source}: unsupported config: {what}")
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    if d.get("model_type") != "qwen3":
+        refuse(f"model_type {d.get('model_type')!r} (only dense 'qwen3' is implemented; no MoE)")
+    if d.get("num_experts") or d.get("num_local_experts"):
+        refuse("mixture of experts")
+    if d.get("use_sliding_window") or any(t != "full_attention" for t in d.get("layer_types") or []):
+        refuse("sliding-window attention")
+    if d.get("attention_bias"):
+        refuse("attention bias")
+    if d.get("hidden_act", "silu") != "silu":
+        refuse(f"hidden_act {d['hidden_act']!r}")
+    # transformers 4 writes rope_theta at top level (the real Qwen3 files), transformers 5 writes
+    # rope_parameters = {rope_theta, rope_type}; anything but plain RoPE is rope scaling.
+    rope = d.get("rope_parameters") or {}
+    if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        refuse(f"rope scaling {d.get('rope_scaling') or rope}")
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings")
+    for key in sizes:
+        if key in d and d[key] is not None and not (type(d[key]) is int and d[key] > 0):
+            raise CheckpointError(f"{source}: {key} must be a positive integer, got {d[key]!r}")
+    try:
+        return dict(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+            rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            max_position_embeddings=d.get("max_position_embeddings", 32768),
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+    except KeyError as key:
+        raise CheckpointError(f"{source}: missing key {key}") from None
+
+
+def config_json(config, dtype: torch.dtype) -> dict:
+    """A config.json for a model.Config, in the style of the published Qwen3 files (rope_theta at top level)."""
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **dataclasses.asdict(config),
+            "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0,
+            "rope_scaling": None, "use_sliding_window": False, "sliding_window": None,
+            "torch_dtype": str(dtype).removeprefix("torch.")}
 
 
 def load_safetensors(parameters: dict, directory: Path, dtype: torch.dtype, skip=lambda name: False):
@@ -176,27 +229,3 @@ def load_tokenizer(path_or_model):
         return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
     except Exception as error:  # the tokenizers library raises its own exception types
         raise CheckpointError(f"{Path(directory) / 'tokenizer.json'}: not a valid tokenizer ({error})") from None
-
-
-def tiny_corpus() -> list[str]:
-    """GSM8K-shaped text for training the tiny tokenizer (any text still encodes: byte-level BPE)."""
-    rng = random.Random(0)
-    names, things = ["Ann", "Bob", "Cai", "Dee", "Eli"], ["apples", "pens", "books", "coins", "cards"]
-    lines = []
-    for _ in range(400):
-        a, b, who, what = rng.randint(2, 99), rng.randint(2, 99), rng.choice(names), rng.choice(things)
-        lines.append(f"Question: {who} has {a} {what} and buys {b} more. How many {what} does {who} have?\n"
-                     f"Answer: {who} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {what}.\n#### {a + b}")
-    return lines
-
-
-def train_tiny_tokenizer(vocab_size: int):
-    """A byte-level BPE tokenizer trained here on GSM8K-shaped text, with <|endoftext|> as its special token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(tiny_corpus(), trainer)
-    return tokenizer

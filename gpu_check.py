@@ -84,7 +84,7 @@ def check_sampling(checkpoint: Path, device: str, compile_options: list):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
             print(f"| {batch} | {compile} | {batch * 128 / seconds:.0f} | {peak_gib():.2f} |", flush=True)
-    if True in compile_options:  # sample.CompiledDecoder keeps its cache static so that no graph is skipped
+    if True in compile_options:  # compiled.CompiledDecoder keeps its cache static so that no graph is skipped
         from torch._dynamo.utils import counters
         print(f"CUDA graphs skipped by torch.compile: {counters['inductor']['cudagraph_skips']} (expected 0)")
     del model

@@ -1,16 +1,15 @@
 """
-Qwen3 (the dense family, 0.6B to 32B) in one file: config, model, LoRA, log-probabilities, and
-loading and saving Hugging Face checkpoints (the file formats themselves are in checkpoint.py).
+Qwen3 (the dense family, 0.6B to 32B) in one file: the architecture, LoRA, the log-probabilities of chosen
+tokens, and loading and saving Hugging Face checkpoints (whose files and config.json checkpoint.py reads).
 
-    python model.py --write-tiny ckpt/tiny     # a tiny random checkpoint + tokenizer, for offline runs
+    model = Qwen3.from_pretrained("Qwen/Qwen3-0.6B-Base")     # or a local directory
+    logits = model(input_ids)                                # (B, T) -> (B, T, V)
 
 Parameter names are Hugging Face's (model.layers.N.self_attn.q_proj.weight, ...), so loading a
 checkpoint is a name-for-name copy and what we save loads in transformers.
 """
-import argparse
 import math
 import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from checkpoint import (DEFAULT_MODEL, TOKENIZER_FILES, CheckpointError, atomic_directory, load_safetensors,
-                        read_json, resolve_checkpoint, train_tiny_tokenizer, write_json, write_safetensors)
-
-# -----------------------------------------------------------------------------
-# Config
+from checkpoint import (DEFAULT_MODEL, TOKENIZER_FILES, atomic_directory, config_fields, config_json,
+                        load_safetensors, read_json, resolve_checkpoint, write_json, write_safetensors)
 
 
 @dataclass
@@ -43,55 +39,6 @@ class Config:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "config.json") -> "Config":
-        """Read a Hugging Face config.json dict; refuse the Qwen3 variants this file does not implement."""
-        def refuse(what):
-            raise CheckpointError(f"{source}: unsupported config: {what}")
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
-        if d.get("model_type") != "qwen3":
-            refuse(f"model_type {d.get('model_type')!r} (only dense 'qwen3' is implemented; no MoE)")
-        if d.get("num_experts") or d.get("num_local_experts"):
-            refuse("mixture of experts")
-        if d.get("use_sliding_window") or any(t != "full_attention" for t in d.get("layer_types") or []):
-            refuse("sliding-window attention")
-        if d.get("attention_bias"):
-            refuse("attention bias")
-        if d.get("hidden_act", "silu") != "silu":
-            refuse(f"hidden_act {d['hidden_act']!r}")
-        # transformers 4 writes rope_theta at top level (the real Qwen3 files), transformers 5 writes
-        # rope_parameters = {rope_theta, rope_type}; anything but plain RoPE is rope scaling.
-        rope = d.get("rope_parameters") or {}
-        if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-            refuse(f"rope scaling {d.get('rope_scaling') or rope}")
-        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "max_position_embeddings")
-        for key in sizes:
-            if key in d and d[key] is not None and not (type(d[key]) is int and d[key] > 0):
-                raise CheckpointError(f"{source}: {key} must be a positive integer, got {d[key]!r}")
-        try:
-            return cls(
-                vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
-                intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
-                num_attention_heads=d["num_attention_heads"],
-                num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-                head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
-                rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
-                rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-                tie_word_embeddings=d.get("tie_word_embeddings", False),
-                max_position_embeddings=d.get("max_position_embeddings", 32768),
-                bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
-        except KeyError as key:
-            raise CheckpointError(f"{source}: missing key {key}") from None
-
-    def to_dict(self, dtype: torch.dtype) -> dict:
-        """A config.json in the style of the published Qwen3 files (rope_theta at top level)."""
-        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **self.__dict__,
-                "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0,
-                "rope_scaling": None, "use_sliding_window": False, "sliding_window": None,
-                "torch_dtype": str(dtype).removeprefix("torch.")}
-
 # -----------------------------------------------------------------------------
 # The model
 
@@ -107,6 +54,22 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
+
+
+def rope_angles(positions, head_dim: int, theta: float, dtype):
+    """Rotary embedding: positions (B, T) -> cos, sin (B, 1, T, head_dim), angles computed in float32.
+    HF's rotate-half layout: the first and second halves of a head's dimensions form the rotated pairs."""
+    half = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    inverse_frequency = 1.0 / (theta ** (half / head_dim))  # (D/2,)
+    angles = positions[..., None].float() * inverse_frequency  # (B, T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D): broadcast over heads
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each (x_i, x_{i + D/2}) pair of x (B, heads, T, D) by its position's angle."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
 class Linear(nn.Linear):
@@ -142,11 +105,6 @@ class Linear(nn.Linear):
         return weight + self.lora_scale * (self.lora_B.detach() @ self.lora_A.detach())
 
 
-def rotate_half(x):
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
 class Attention(nn.Module):
     def __init__(self, config: Config, layer_index: int):
         super().__init__()
@@ -165,7 +123,7 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(x).view(B, T, self.heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
         k = self.k_norm(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim)).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             # write this step's keys and values into the static cache, attend over the visible slots
             keys, values = cache.update(self.layer_index, slots, k, v)  # (B, KV, S_max, D)
@@ -202,12 +160,27 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """HF's Qwen3Model: the part under the `model.` prefix of the parameter names."""
+    """HF's Qwen3Model, under the `model.` prefix of the parameter names: token ids -> final hidden states."""
     def __init__(self, config: Config):
         super().__init__()
+        self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False  # recompute each layer in backward instead of keeping its activations
+
+    def forward(self, input_ids, positions=None, mask=None, cache=None, slots=None):
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        x = self.embed_tokens(input_ids)  # (B, T, H)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, cache, slots, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, slots)
+        return self.norm(x)
 
 
 class Qwen3(nn.Module):
@@ -219,32 +192,17 @@ class Qwen3(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.source = None  # the directory this model was loaded from (for its tokenizer files)
-        self.gradient_checkpointing = False
 
     def forward(self, input_ids, positions=None, mask=None, cache=None, slots=None, return_hidden=False):
-        """input_ids (B, T) -> logits (B, T, V), or the final hidden states (B, T, H) with return_hidden.
+        """input_ids (B, T) -> logits (B, T, V), or the final hidden states (B, T, H) with return_hidden, so
+        that the LM head runs only where it is needed (token_logprobs, the sampler's last position).
 
         Without a cache: plain causal attention over the T tokens, positions 0..T-1 by default.
         With a cache (sample.py): `slots` (T,) are the cache slots this step writes, `positions` (B, T)
         the rotary positions of each row, and `mask` (B, 1, T, S) a boolean mask over the first S slots.
         """
-        B, T = input_ids.shape
-        if positions is None:
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        x = self.model.embed_tokens(input_ids)  # (B, T, H)
-        # rotary embedding, HF's rotate-half layout, angles in float32
-        half = torch.arange(0, self.config.head_dim, 2, device=x.device, dtype=torch.float32)
-        inverse_frequency = 1.0 / (self.config.rope_theta ** (half / self.config.head_dim))  # (D/2,)
-        angles = positions[..., None].float() * inverse_frequency  # (B, T, D/2)
-        angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, T, D), broadcast over heads
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        for layer in self.model.layers:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, mask, cache, slots, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, mask, cache, slots)
-        x = self.model.norm(x)
-        return x if return_hidden else self.lm_head(x)
+        hidden = self.model(input_ids, positions, mask, cache, slots)
+        return hidden if return_hidden else self.lm_head(hidden)
 
     # --- loading and saving -------------------------------------------------------------------
 
@@ -255,7 +213,7 @@ class Qwen3(nn.Module):
         directory = resolve_checkpoint(path_or_repo_id)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         settings = read_json(directory / "config.json")
-        config = Config.from_dict(settings, str(directory / "config.json"))
+        config = Config(**config_fields(settings, str(directory / "config.json")))
         dtype = dtype or load_dtype(settings.get("torch_dtype") or settings.get("dtype"), device)
         with torch.device("meta"):  # no memory until the weights arrive; then they are allocated in `dtype`
             model = cls(config).to(dtype)
@@ -289,7 +247,7 @@ class Qwen3(nn.Module):
     def write_checkpoint(self, directory: Path, dtype=torch.float32, max_shard_bytes=5 * 2**30):
         """The files of an HF checkpoint into an existing directory (callers stage it; see atomic_directory)."""
         write_safetensors(self.exported_state_dict(dtype), directory, max_shard_bytes)
-        write_json(directory / "config.json", self.config.to_dict(dtype))
+        write_json(directory / "config.json", config_json(self.config, dtype))
         for filename in TOKENIZER_FILES:
             if self.source is not None and (self.source / filename).exists():
                 shutil.copy(self.source / filename, directory / filename)
@@ -371,44 +329,3 @@ def token_logprobs(model: Qwen3, hidden: torch.Tensor, targets: torch.Tensor, ch
         else:
             pieces.append(chunk_logprobs(h, t))
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-
-# -----------------------------------------------------------------------------
-# A tiny random checkpoint, for offline runs and tests
-
-
-def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int = 64, layers: int = 2,
-               max_position_embeddings: int = 32768):
-    """A random-weight Qwen3 with a byte-level BPE tokenizer trained here (vocab = tokenizer size)."""
-    tokenizer = train_tiny_tokenizer(vocab_size)
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    config = Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden_size,
-                    intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
-                    max_position_embeddings=max_position_embeddings, bos_token_id=eos, eos_token_id=eos)
-    torch.manual_seed(seed)
-    model = Qwen3(config)
-    for name, parameter in model.named_parameters():
-        if not name.endswith("norm.weight"):
-            nn.init.normal_(parameter, std=0.02)
-    with atomic_directory(out_dir) as staging:
-        model.write_checkpoint(staging)
-        tokenizer.save(str(staging / "tokenizer.json"))
-    return Path(out_dir)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write-tiny", metavar="DIR", required=True, help="write a tiny random checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if Path(args.write_tiny).exists():
-        raise CheckpointError(f"{args.write_tiny} already exists: remove it or choose another directory")
-    out = write_tiny(args.write_tiny, seed=args.seed)
-    print(f"wrote a tiny random Qwen3 checkpoint to {out}")
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")

@@ -4,6 +4,9 @@ On-policy distillation: the student learns from a teacher on the states the stud
 State source: student trajectories. Each step the student answers GSM8K train questions; the states
 are its own prompts + generated prefixes, so the supervision lands where the student will be.
 Signal: the teacher, and nothing else (no gold answers, no reward).
+Per-token loss: continuation: -log p(teacher token | student state + teacher prefix); reverse_kl:
+(log p_s - log p_t)(y) log p_s(y) for the student's own token y (a policy gradient whose reward is
+log p_t - log p_s); full_kl: the exact next-token KL at the student's states.
 
     python opd.py --teacher ckpt/sft_stress                 # -> ckpt/opd_sft_stress, student = base model
     python opd.py --teacher ckpt/sft_mild --mode reverse_kl # -> ckpt/opd_sft_mild_reverse_kl
@@ -33,10 +36,10 @@ from torch.utils.checkpoint import checkpoint
 
 import distributed
 import training
-from evals import gsm8k
+from evals import gsm8k, score
 from checkpoint import load_tokenizer
 from model import DTYPES, Qwen3
-from sample import generate, score
+from sample import generate
 
 PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 
@@ -77,29 +80,32 @@ def before_stop(completion, tokenizer) -> list:
 
 
 def continuation_sequences(run, teacher, prompts: list, rollouts: list, args) -> list:
-    """rollouts: the student's token lists. Student prefix (no loss) + L teacher tokens (loss), from K cut points per rollout."""
+    """Training sequences: a student state (prompt + the student's rollout up to a cut, K cuts per rollout) and,
+    as targets, the L tokens the teacher writes from there."""
     # a state reached by several rollouts (the bare prompt, with --samples-per-prompt > 1) is taught once
-    prefixes = list(dict.fromkeys(tuple(prompt + rollout[:cut]) for prompt, rollout in zip(prompts, rollouts)
-                                  for cut in cut_points(len(rollout), args.cuts)))
-    prefixes = [list(prefix) for prefix in prefixes]
-    continuations = generate(teacher, prefixes, max_new_tokens=args.continuation_tokens,
+    states = list(dict.fromkeys(tuple(prompt + rollout[:cut]) for prompt, rollout in zip(prompts, rollouts)
+                                for cut in cut_points(len(rollout), args.cuts)))
+    states = [list(state) for state in states]
+    continuations = generate(teacher, states, max_new_tokens=args.continuation_tokens,
                              temperature=args.teacher_temperature, stop=gsm8k.STOP, tokenizer=run.tokenizer,
                              seed=args.seed * 1_000_003 + run.step, batch_size=args.sample_batch_size,
                              compile=args.compile)
     sequences = []
-    for prefix, continuation in zip(prefixes, continuations):
+    for state, continuation in zip(states, continuations):
         taught = before_stop(continuation, run.tokenizer)
         if taught:
-            sequences.append({"tokens": prefix + taught, "loss": [False] * len(prefix) + [True] * len(taught)})
+            sequences.append(training.sequence(state=state, targets=taught))
     return sequences
 
 
 def rollout_sequences(teacher, prompts: list, rollouts: list, args) -> list:
-    """rollouts: the student's token lists. Prompt + rollout, loss on the rollout, with the teacher's log-prob of each student token."""
+    """Training sequences: the prompt as the state, the student's own rollout as the targets, each with the
+    teacher's log-probability of it (reverse_kl; full_kl computes the teacher's whole distribution itself)."""
     pairs = [(prompt, rollout) for prompt, rollout in zip(prompts, rollouts) if rollout]
+    if args.mode == "full_kl":
+        return [training.sequence(state=prompt, targets=rollout) for prompt, rollout in pairs]
     teacher_logprobs = score(teacher, pairs, batch_size=args.sample_batch_size)
-    return [{"tokens": prompt + rollout, "loss": [False] * len(prompt) + [True] * len(rollout),
-             "teacher_logprob": [0.0] * len(prompt) + logprobs}
+    return [training.sequence(state=prompt, targets=rollout, teacher_logprob=logprobs)
             for (prompt, rollout), logprobs in zip(pairs, teacher_logprobs)]
 
 
@@ -125,20 +131,18 @@ def chunked_kl(run, teacher, batch, direction: str, chunk_size: int = 256):
     return torch.cat(pieces)
 
 
-def loss_function(run, teacher, mode: str, total: int, args, totals: dict):
-    """loss_of(batch), summed over the batch's target tokens and divided by `total` (tokens this step)."""
-    def loss_of(batch):
-        if mode == "continuation":  # cross-entropy on the teacher's tokens
-            return -training.target_logprobs(run.model, batch).sum() / total
-        if mode == "reverse_kl":  # policy gradient with advantage -(log p_s - log p_t) per token
-            logprobs = training.target_logprobs(run.model, batch)
-            estimate = logprobs.detach() - batch.columns["teacher_logprob"]
-            totals["kl"] += estimate.sum().item()
-            return (estimate * logprobs).sum() / total
-        kl = chunked_kl(run, teacher, batch, args.kl_direction)
-        totals["kl"] += kl.detach().sum().item()
-        return kl.sum() / total
-    return loss_of
+def token_losses(run, batch, teacher, args, totals: dict):
+    """The per-target loss of the --mode (N,); `totals` collects the KL estimate's sum, for the log."""
+    if args.mode == "continuation":  # cross-entropy on the teacher's tokens
+        return -training.target_logprobs(run.model, batch)
+    if args.mode == "reverse_kl":  # policy gradient with advantage -(log p_s - log p_t) per token
+        logprobs = training.target_logprobs(run.model, batch)
+        estimate = logprobs.detach() - batch.columns["teacher_logprob"]
+        totals["kl"] += estimate.sum().item()
+        return estimate * logprobs
+    kl = chunked_kl(run, teacher, batch, args.kl_direction)
+    totals["kl"] += kl.detach().sum().item()
+    return kl
 
 # -----------------------------------------------------------------------------
 # One step: student rollouts, teacher signal, update
@@ -158,14 +162,13 @@ def opd_step(run, teacher, prompts: list, args) -> dict:
         sequences = rollout_sequences(teacher, prompts, rollouts, args)
     sampling_s = time.perf_counter() - started
     batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-    total = max(1, distributed.all_sum(sum(batch.mask.sum().item() for batch in batches)))  # every rank's targets
     totals = {"kl": 0.0}
-    update = run.train_step(batches, loss_function(run, teacher, args.mode, total, args, totals))
+    update = run.train_step(batches, lambda batch: token_losses(run, batch, teacher, args, totals))
     rollout_tokens, rollout_count = distributed.all_sum(sum(map(len, rollouts))), distributed.all_sum(len(rollouts))
-    stats = {**update, "completion_length": rollout_tokens / max(1, rollout_count), "supervised_tokens": total,
+    stats = {**update, "completion_length": rollout_tokens / max(1, rollout_count),
              "sampling_tokens_per_s": rollout_tokens / sampling_s, "sampling_s": sampling_s}
     if args.mode != "continuation":
-        stats["teacher_kl"] = distributed.all_sum(totals["kl"]) / total
+        stats["teacher_kl"] = distributed.all_sum(totals["kl"]) / max(1, update["target_tokens"])
     return stats
 
 

@@ -1,10 +1,11 @@
 """
-On-policy RL with a group-relative exact-answer reward (a minimal GRPO).
+On-policy RL with a group-relative exact-answer reward (a minimal GRPO: REINFORCE with a group baseline).
 
 State source: current-policy trajectories. Every prefix the loss touches was written by the model
 being trained, sampled fresh at each step, so training lands on the states the policy visits.
 Signal: the exact-answer reward of evals/gsm8k.py (1 when the final number is right, else 0), the
 same grader the evaluation uses.
+Per-token loss: -A log p(own token | own state), A = the reward minus its group's mean reward.
 
     python rl.py                                    # -> ckpt/rl, from Qwen/Qwen3-0.6B-Base, LoRA
     python rl.py --model ckpt/tiny --data-dir ../shared/data --max-steps 3 --out ckpt/tiny_rl
@@ -16,15 +17,14 @@ The algorithm, each step:
   2. reward r = 1 if the answer is right (flexible-extract by default, --reward strict for `#### N`);
   3. advantage A = r - mean(r of the group), divided by the group's std with --scale-rewards; a group
      whose rewards are all equal has A = 0 and is not even run through the model;
-  4. loss = -(1 / N) sum over completion tokens of min(ratio A, clip(ratio, 1 - e, 1 + e) A), N the
-     number of completion tokens sampled this step, ratio = p_now(token) / p_at_sampling(token).
-     With one update per batch (the default) the ratio is 1 and this is plain REINFORCE with a group
-     baseline; with --updates-per-batch > 1 the clip is PPO's;
-  5. optionally + beta * k3(policy, starting model) per token (--kl-coef), k3 = e^d - d - 1 with
-     d = log p_start - log p_now.
+  4. loss = -(1 / N) sum over completion tokens of A log p(token), N the number of completion tokens
+     sampled this step: its gradient is REINFORCE with the group mean as baseline, exactly on-policy
+     (one update per batch of samples, so no importance ratio and nothing to clip).
+Optionally, a KL leash (--kl-coef beta): + beta * k3 per token, k3 = e^d - d - 1 with d = log p_start - log p_now,
+an estimate of KL(now || start) that is never negative; it applies to every sampled sequence.
 Where it departs from textbook GRPO (DeepSeekMath): no std division by default (Dr. GRPO's finding
 that it biases towards easy and hard questions), token-level normalisation over the whole batch
-instead of per sequence, and no KL term by default.
+instead of per sequence, one update per batch (no PPO clip), and no KL term by default.
 """
 import argparse
 import time
@@ -39,7 +39,16 @@ from model import Qwen3, lora_disabled
 PRESET = dict(lr=2e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
 
 # -----------------------------------------------------------------------------
-# Advantages and the policy-gradient loss
+# Rewards, advantages and the policy-gradient loss
+
+
+def reward(completion, answer: str, kind: str) -> float:
+    """The GSM8K grader's exact-answer check, as the evaluation scores it (`flexible` or `strict`). `digit` is
+    a toy for random models, 1 when the completion starts with a digit: it gives `study.py --tiny` rewards
+    that vary, so that the update runs (a random model never gets a GSM8K answer right)."""
+    if kind == "digit":
+        return float(completion.text.lstrip()[:1].isdigit())
+    return gsm8k.score(completion.text, answer)[kind]
 
 
 def group_advantages(rewards: list, group_size: int, scale: bool) -> list:
@@ -56,7 +65,7 @@ def group_advantages(rewards: list, group_size: int, scale: bool) -> list:
 
 def rollout_sequences(prompts: list, completions: list, advantages: list, group_size: int,
                       keep_all: bool = False) -> list:
-    """Sequences for training.make_batches: prompt + completion, loss on the completion tokens only.
+    """Training sequences: the prompt is the state, the policy's own completion the targets, each with its advantage.
 
     Without a KL term (`keep_all` False), completions with zero advantage (the groups whose rewards are
     all equal) are left out: their gradient is zero, so they would cost a forward and a backward for nothing.
@@ -66,35 +75,23 @@ def rollout_sequences(prompts: list, completions: list, advantages: list, group_
         if (advantage == 0 and not keep_all) or not completion.tokens:
             continue
         prompt = prompts[index // group_size]
-        sequences.append({"tokens": prompt + completion.tokens,
-                          "loss": [False] * len(prompt) + [True] * len(completion.tokens),
-                          "advantage": [advantage] * (len(prompt) + len(completion.tokens))})
+        sequences.append(training.sequence(state=prompt, targets=completion.tokens,
+                                           advantage=[advantage] * len(completion.tokens)))
     return sequences
 
 
-def policy_loss(run, total_tokens: int, clip: float, kl_coef: float, reference=None):
-    """loss_of(batch) for training.Run.train_step: clipped policy gradient (+ k3 KL), summed over the
-    batch's completion tokens and divided by `total_tokens`. The batch's columns hold "advantage",
-    and after the first update "old_logprob" (set here) and "reference_logprob" (with kl_coef).
-    Also returns running totals of the KL, for the log."""
-    totals = {"kl": 0.0, "tokens": 0}
-
-    def loss_of(batch):
-        logprobs = training.target_logprobs(run.model, batch)  # (N,)
-        old = batch.columns.setdefault("old_logprob", logprobs.detach())
-        ratio = torch.exp(logprobs - old)
-        advantage = batch.columns["advantage"]
-        per_token = -torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
-        if kl_coef:
-            if "reference_logprob" not in batch.columns:
-                batch.columns["reference_logprob"] = reference(batch)
-            difference = batch.columns["reference_logprob"] - logprobs
-            kl = torch.exp(difference) - difference - 1  # k3: unbiased for KL(now || start), always >= 0
-            per_token = per_token + kl_coef * kl
-            totals["kl"] += kl.detach().sum().item()
-            totals["tokens"] += len(kl)
-        return per_token.sum() / total_tokens
-    return loss_of, totals
+def token_losses(run, batch, kl_coef: float = 0.0, reference=None, totals=None):
+    """-A log p(own token | own state) per target (N,), + kl_coef * k3 against `reference` (the starting model's
+    log-probs) when kl_coef > 0; `totals` collects the k3 sum and count, for the log."""
+    logprobs = training.target_logprobs(run.model, batch)  # (N,)
+    losses = -batch.columns["advantage"] * logprobs
+    if kl_coef:  # the optional leash
+        difference = reference(batch) - logprobs
+        kl = torch.exp(difference) - difference - 1  # k3: unbiased for KL(now || start), always >= 0
+        losses = losses + kl_coef * kl
+        totals["kl"] += kl.detach().sum().item()
+        totals["tokens"] += len(kl)
+    return losses
 
 
 def reference_function(run):
@@ -130,17 +127,15 @@ def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
     # every rank's samples (a rank holds whole groups): the token count N of the loss, and the statistics
     rewards, lengths = distributed.gather(rewards), distributed.gather([len(c.tokens) for c in completions])
     truncated = distributed.all_sum(sum(c.finish_reason == "length" for c in completions))
-    total_tokens = max(1, sum(lengths))
     groups = [rewards[i:i + args.group_size] for i in range(0, len(rewards), args.group_size)]
     stats = {"reward": sum(rewards) / len(rewards),
              "all_equal_groups": sum(len(set(g)) == 1 for g in groups) / len(groups),
              "completion_length": sum(lengths) / len(lengths), "max_length": max(lengths),
              "truncated": truncated / len(lengths), "sampling_tokens_per_s": sum(lengths) / sampling_s}
     if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ (or a KL term to apply)
-        loss_of, totals = policy_loss(run, total_tokens, args.clip, args.kl_coef, reference)
-        for _ in range(min(args.updates_per_batch, run.total_steps - run.step)):  # PPO: K steps per batch
-            update = run.train_step(batches, loss_of)
-        stats.update(update)  # loss, lr, grad_norm, train tokens/s (and peak memory on CUDA); train_s is redone below
+        totals = {"kl": 0.0, "tokens": 0}
+        stats.update(run.train_step(batches, lambda batch: token_losses(run, batch, args.kl_coef, reference, totals),
+                                    normaliser=max(1, sum(lengths))))  # loss, lr, grad_norm, tokens/s, ...
         if args.kl_coef:
             stats["kl"] = distributed.all_sum(totals["kl"]) / distributed.all_sum(totals["tokens"])
     else:  # nothing to learn from: every group agreed; the step still counts
@@ -161,26 +156,24 @@ def greedy_accuracy(run, items: list, args) -> float:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100,
-                        help="optimizer steps (fresh samples every --updates-per-batch steps)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps, each on fresh samples")
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--reward", choices=["flexible", "strict"], default="flexible")
+    parser.add_argument("--reward", choices=["flexible", "strict", "digit"], default="flexible",
+                        help="GSM8K answer extraction; digit: a toy for random models (see `reward`)")
     parser.add_argument("--scale-rewards", action="store_true", help="divide advantages by the group std")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL penalty to the starting model")
-    parser.add_argument("--updates-per-batch", type=int, default=1, help=">1: PPO-style clipped updates")
-    parser.add_argument("--clip", type=float, default=0.2, help="PPO clip range")
     parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     parser.add_argument("--eval-every", type=int, default=25, help="greedy accuracy on held-out train items")
     parser.add_argument("--eval-items", type=int, default=64)
     training.add_arguments(parser, out="ckpt/rl")
     args = training.apply_preset(parser.parse_args(argv), PRESET)
-    training.check_at_least(args, 1, "steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_batch",
+    training.check_at_least(args, 1, "steps", "prompts_per_step", "group_size", "max_new_tokens",
                             "sample_batch_size", "eval_every")
-    training.check_at_least(args, 0, "eval_items", "kl_coef", "clip")
+    training.check_at_least(args, 0, "eval_items", "kl_coef")
     if args.temperature != 1:  # samples from p^(1/T) with gradients of log p: an off-policy estimate of neither
         raise ValueError(f"--temperature {args.temperature}: rl.py samples at temperature 1, the policy it trains")
     return args
@@ -188,7 +181,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-
     items = gsm8k.load("train", args.data_dir)[:args.limit]
     heldout, train = items[:args.eval_items], items[args.eval_items:]  # the held-out slice comes first
     if len(train) < args.prompts_per_step:
@@ -203,8 +195,7 @@ def main(argv=None):
                                                                   args.seed)]
             chosen = distributed.shard(chosen)  # under torchrun: this rank's prompts
             prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in chosen]
-            stats = rl_step(run, prompts, lambda i, c: gsm8k.score(c.text, chosen[i]["answer"])[args.reward], args,
-                            reference)
+            stats = rl_step(run, prompts, lambda i, c: reward(c, chosen[i]["answer"], args.reward), args, reference)
             if heldout and (run.step % args.eval_every == 0 or run.step == total_steps):
                 stats["heldout_accuracy"] = greedy_accuracy(run, heldout, args)
             run.log(stats)

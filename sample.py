@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from checkpoint import DEFAULT_MODEL, CheckpointError, load_tokenizer
-from model import Qwen3, token_logprobs
+from model import Qwen3
 
 
 @dataclass
 class Completion:
     tokens: list  # generated token ids, including the end-of-text or stop-completing token
-    logprobs: list  # log p(token) under the model at temperature 1, one per token
     text: str | None  # decoded completion (None without a tokenizer); ends before the stop string
     finish_reason: str  # "eos", "stop" or "length"
 
@@ -158,7 +157,8 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
     input_ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
 
     rows = len(prompts) * n
-    if compile:  # a view of the compiled step's own cache, perhaps longer than max_len (see CompiledDecoder)
+    if compile:  # a view of the compiled step's own cache, perhaps longer than max_len (see compiled.py)
+        from compiled import compiled_decoder
         decoder = compiled_decoder(model)
         cache, step_function = decoder.cache_for(rows, max_len), decoder.step
     else:
@@ -185,17 +185,13 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
     uniforms = uniforms.to(device)
 
     tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)  # (B*n, new)
-    logprobs = torch.zeros(rows, max_new_tokens, device=device)
     length = [max_new_tokens] * rows  # where each row stopped growing
     reasons = ["length"] * rows
     texts = [None] * rows
     for step in range(max_new_tokens):
-        # (V, H) @ (H, B*n) rather than F.linear: with few rows, CPU BLAS streams the vocabulary-sized
-        # weight about twice as fast in this order (bench.py); on CUDA the two are the same
-        logits = (model.lm_head.weight @ hidden[:, 0].T).T.float()  # (B*n, V)
+        logits = model.lm_head(hidden[:, 0]).float()  # (B*n, V): the LM head at the last position only
         chosen = choose_tokens(logits, uniforms[:, step], temperature, top_k, top_p)  # (B*n,)
         tokens[:, step] = chosen
-        logprobs[:, step] = torch.log_softmax(logits, -1).gather(-1, chosen[:, None]).squeeze(-1)
         if finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) or step == max_new_tokens - 1:
             break
         slot = P + step
@@ -206,14 +202,14 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
         positions = (slot - pad)[:, None]  # (B*n, 1)
         hidden = step_function(chosen[:, None], positions, mask, cache, slots[slot:slot + 1], return_hidden=True)
 
-    tokens, logprobs = tokens.tolist(), logprobs.tolist()
+    tokens = tokens.tolist()
     completions = []
     for row in range(rows):
         ids = tokens[row][:length[row]]
         text = texts[row]
         if text is None and tokenizer is not None:
             text = tokenizer.decode(ids)
-        completions.append(Completion(ids, logprobs[row][:length[row]], text, reasons[row]))
+        completions.append(Completion(ids, text, reasons[row]))
     return completions
 
 
@@ -237,95 +233,6 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
                 length[row], reasons[row], texts[row] = step + 1, "stop", text[:cut]
     return all(reason != "length" for reason in reasons)
 
-
-class CompiledDecoder:
-    """The model's forward compiled for one-token decode steps (CUDA graphs on a GPU), and its own cache.
-
-    A CUDA graph replays fixed memory addresses, and torch.compile skips the graph of a step that writes
-    into an ordinary input tensor. So the cache is one allocation, kept between calls and grown when a
-    call needs more; a call gets a view of its first rows, marked static, so a shape keeps its memory
-    and its recorded graph replays. The length is rounded up to a power of two (at most the context)
-    so that most prompt lengths reuse a compiled shape; the decode mask hides the slots beyond each
-    row's current one. The price: the cache stays allocated between calls (see the README).
-    """
-    def __init__(self, model: Qwen3):
-        self.model = model
-        self.step = torch.compile(model, mode="reduce-overhead", dynamic=False)
-        self.cache = None
-
-    def cache_for(self, rows: int, max_len: int) -> KVCache:
-        context = self.model.config.max_position_embeddings  # max_len <= context (generate checks)
-        length = min(max(256, 1 << (max_len - 1).bit_length()), context)
-        held_rows, _, held_length, _ = self.cache.keys[0].shape if self.cache is not None else (0, 0, 0, 0)
-        if rows > held_rows or length > held_length:
-            self.cache = None  # free the old cache before allocating the larger one
-            self.cache = KVCache.allocate(self.model, max(rows, held_rows), max(length, held_length))
-        view = self.cache.view(slice(rows))
-        for tensor in view.keys + view.values:
-            torch._dynamo.mark_static_address(tensor)  # unguarded: a new address re-records, never recompiles
-        return view
-
-
-# model -> its CompiledDecoder. The compiled module refers to the model, so an entry (and its cache) lasts as
-# long as the process: a script compiles one or two models (the policy, an OPD teacher).
-COMPILED = {}
-
-
-def compiled_decoder(model: Qwen3) -> CompiledDecoder:
-    if model not in COMPILED:
-        COMPILED[model] = CompiledDecoder(model)
-    return COMPILED[model]
-
-# -----------------------------------------------------------------------------
-# Scoring given sequences
-
-
-@torch.no_grad()
-def score(model: Qwen3, requests: list, batch_size: int = 16) -> list:
-    """Log-probabilities of continuations: requests are (context ids, continuation ids) pairs.
-
-    Returns, per request, the list of log p(continuation token | everything before it). Requests whose
-    model input (context + continuation[:-1]) is the same share one forward: the four one-token answers
-    of an MMLU question cost one forward of the question.
-    """
-    context = model.config.max_position_embeddings
-    device = model.model.embed_tokens.weight.device
-    rows, targets = {}, []  # input tuple -> row index; per request: (row, first position, tokens)
-    for context_ids, continuation_ids in requests:
-        if not context_ids or not continuation_ids:
-            raise ValueError("score needs a non-empty context and continuation")
-        inputs = tuple(context_ids) + tuple(continuation_ids[:-1])
-        if len(inputs) > context:
-            raise ValueError(f"sequence of {len(inputs)} tokens exceeds the model's context of {context}")
-        row = rows.setdefault(inputs, len(rows))
-        targets.append((row, len(context_ids) - 1, list(continuation_ids)))
-    inputs = list(rows)
-    by_row = [[] for _ in inputs]
-    for index, (row, _, _) in enumerate(targets):
-        by_row[row].append(index)
-    results = [None] * len(requests)
-    order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        T = max(len(inputs[r]) for r in batch)
-        ids = torch.tensor([list(inputs[r]) + [0] * (T - len(inputs[r])) for r in batch], device=device)
-        hidden = model(ids, return_hidden=True)  # (b, T, H); right padding does not reach earlier tokens
-        picks = [(j, index) for j, r in enumerate(batch) for index in by_row[r]]
-        batch_rows, positions, wanted = [], [], []
-        for j, index in picks:
-            _, first, continuation = targets[index]
-            batch_rows += [j] * len(continuation)
-            positions += range(first, first + len(continuation))
-            wanted += continuation
-        values = token_logprobs(model, hidden[batch_rows, positions], torch.tensor(wanted, device=device))
-        if not torch.isfinite(values).all():  # NaN would win every argmax comparison as the first choice
-            raise ValueError("the model gives NaN or infinite log-probabilities: its weights are unusable")
-        values = values.tolist()
-        offset = 0
-        for _, index in picks:
-            count = len(targets[index][2])
-            results[index], offset = values[offset:offset + count], offset + count
-    return results
 
 # -----------------------------------------------------------------------------
 # Command line

@@ -3,8 +3,9 @@ Supervised fine-tuning on dataset states.
 
 State source: dataset trajectories. Every prefix the loss is computed on is a GSM8K question followed
 by part of its gold solution, written by people, never by the model being trained.
-Signal: the gold tokens. Cross-entropy on the solution and the end-of-text token; the prompt carries
-no loss (the mask is built while tokenizing: prompt tokens and target tokens are encoded separately).
+Signal: the gold tokens: the solution and the end-of-text token (the question carries no loss; question
+and solution are tokenized separately, so the split between state and targets is exact).
+Per-token loss: -log p(gold token | question + gold prefix), averaged over the step's gold tokens.
 
     python sft.py --preset mild       # -> ckpt/sft_mild: short, low learning rate (our choice)
     python sft.py --preset stress     # -> ckpt/sft_stress: the paper's 5 epochs, lr 5e-4, LoRA r64 a128
@@ -32,20 +33,25 @@ PRESETS = {
 }
 
 # -----------------------------------------------------------------------------
-# Data: prompt + gold solution + end of text, with the loss on the solution only
+# Data and objective: the question is the state, the gold solution the targets
 
 
-def encode_examples(items: list, tokenizer, eos: int, context: int) -> list:
-    """One sequence per GSM8K item: {"tokens", "loss"} with loss False on the prompt, True on the target."""
+def dataset_sequences(items: list, tokenizer, eos: int, context: int) -> list:
+    """One training sequence per GSM8K item: the question as the state, its gold solution + end of text as targets."""
     prompts = tokenizer.encode_batch([gsm8k.prompt(item["question"]) for item in items], add_special_tokens=False)
-    targets = tokenizer.encode_batch([gsm8k.target(item["answer"]) for item in items], add_special_tokens=False)
+    golds = tokenizer.encode_batch([gsm8k.target(item["answer"]) for item in items], add_special_tokens=False)
     sequences = []
-    for prompt, target in zip(prompts, targets):
-        tokens = prompt.ids + target.ids + [eos]
-        if len(tokens) > context:
-            raise ValueError(f"a training example of {len(tokens)} tokens exceeds the model's context of {context}")
-        sequences.append({"tokens": tokens, "loss": [False] * len(prompt.ids) + [True] * (len(target.ids) + 1)})
+    for prompt, gold in zip(prompts, golds):
+        if len(prompt.ids) + len(gold.ids) + 1 > context:
+            raise ValueError(f"a training example of {len(prompt.ids) + len(gold.ids) + 1} tokens exceeds the "
+                             f"model's context of {context}")
+        sequences.append(training.sequence(state=prompt.ids, targets=gold.ids + [eos]))
     return sequences
+
+
+def token_losses(run, batch):
+    """-log p(gold token | dataset state), per target: (N,)."""
+    return -training.target_logprobs(run.model, batch)
 
 
 def split_heldout(items: list, heldout: int, seed: int):
@@ -55,25 +61,14 @@ def split_heldout(items: list, heldout: int, seed: int):
     return [items[i] for i in order[heldout:]], [items[i] for i in order[:heldout]]
 
 
-# -----------------------------------------------------------------------------
-# The objective
-
-
-def masked_cross_entropy(run, batches: list):
-    """Mean cross-entropy over the target tokens of `batches`: the loss we train on, and the held-out loss.
-    Under torchrun the mean is over every rank's target tokens, so the ranks' losses add up to it."""
-    total = distributed.all_sum(sum(batch.mask.sum().item() for batch in batches))
-    return lambda batch: -training.target_logprobs(run.model, batch).sum() / total
-
-
 @torch.no_grad()
 def heldout_loss(run, batches: list) -> float:
+    """The mean of token_losses over the held-out targets (every rank's, under torchrun)."""
     run.model.eval()
     with run.autocast():
-        loss_of = masked_cross_entropy(run, batches)
-        loss = sum(loss_of(batch).item() for batch in batches)
+        total = sum(token_losses(run, batch).sum().item() for batch in batches)
     run.model.train()
-    return distributed.all_sum(loss)
+    return distributed.all_sum(total) / max(1, distributed.all_sum(sum(batch.mask.sum().item() for batch in batches)))
 
 
 def main(argv=None):
@@ -101,8 +96,8 @@ def main(argv=None):
 
     with training.Run(args, total_steps) as run:
         eos, context = run.model.config.eos_token_id, run.model.config.max_position_embeddings
-        train = encode_examples(train_items, run.tokenizer, eos, context)
-        heldout = training.make_batches(distributed.shard(encode_examples(heldout_items, run.tokenizer, eos, context)),
+        train = dataset_sequences(train_items, run.tokenizer, eos, context)
+        heldout = training.make_batches(distributed.shard(dataset_sequences(heldout_items, run.tokenizer, eos, context)),
                                         args.micro_batch_tokens, run.device)
         run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout_items)} held out, "
                   f"{total_steps} steps of {args.batch_size} sequences, lr {args.lr}, "
@@ -111,7 +106,7 @@ def main(argv=None):
             sequences = [train[i] for i in training.examples_of_step(run.step, len(train), args.batch_size, args.seed)]
             sequences = distributed.shard(sequences)  # under torchrun: this rank's share of the batch
             batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-            stats = run.train_step(batches, masked_cross_entropy(run, batches))
+            stats = run.train_step(batches, lambda batch: token_losses(run, batch))
             if heldout_items and (run.step % args.eval_every == 0 or run.step == total_steps):
                 stats["heldout_loss"] = heldout_loss(run, heldout)
             run.log(stats)

@@ -34,7 +34,7 @@ TINY = {
     "sft": ["--max-steps", "4", "--batch-size", "8", "--heldout", "8", "--eval-every", "2"],
     "opd": ["--max-steps", "3", "--prompts-per-step", "4", "--max-new-tokens", "32", "--continuation-tokens", "8"],
     "rl": ["--max-steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "32",
-           "--eval-items", "8", "--eval-every", "3"],
+           "--eval-items", "8", "--eval-every", "3", "--reward", "digit"],  # a reward that varies on a random model
     "drift": ["--prompts", "8", "--max-new-tokens", "32"],
 }
 
@@ -170,8 +170,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tiny and not Path(args.model).exists():
-        print(f"$ python model.py --write-tiny {args.model}", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "model.py"), "--write-tiny", args.model], check=True)
+        print(f"$ python tiny.py {args.model}", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "tiny.py"), args.model], check=True)
     plan = stages(args)
     # `python -m evals` from any directory: the project's modules on the path, paths as the user gave them
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -1,16 +1,18 @@
 """
 What sft.py, rl.py and opd.py do identically, so that each of them holds only its objective:
 the command-line flags they share, loading the policy (LoRA or full fine-tuning), AdamW with warmup
-and cosine decay, batches of token ids with per-token loss columns, the training step (gradient
-accumulation, clipping, the NaN guard), logging, and atomic checkpoints that `--resume` continues.
+and cosine decay, training sequences (a state, then target tokens that carry a loss) packed into
+batches, the training step (the loss's normaliser, gradient accumulation, clipping, the NaN guard),
+logging, and atomic checkpoints that `--resume` continues.
 
 A training script's life:
 
     with Run(args, total_steps) as run:       # model + LoRA + optimizer, or resumed from args.out/resume/
         while run.step < total_steps:
+            sequences = [sequence(state=..., targets=..., signal=[...])]   # what the script is about
             batches = make_batches(sequences, max_tokens=args.micro_batch_tokens)
-            stats = run.train_step(batches, loss_of)   # loss_of(batch) -> scalar, already normalised
-            run.log(stats)                             # and a save every --save-every steps
+            stats = run.train_step(batches, token_losses)   # token_losses(batch) -> (N,) per target token
+            run.log(stats)                                  # and a save every --save-every steps
         run.save()
 
 Ctrl-C or SIGTERM (a cluster's pre-emption) inside the `with` finishes the current step, saves, and exits
@@ -127,26 +129,30 @@ def run_main(main):
 # Batches of token ids with per-token columns
 
 
+def sequence(state: list, targets: list, **columns) -> dict:
+    """One training sequence: the state (token ids the model reads, no loss), then the target tokens, each
+    trained on given the state and the targets before it. Each column is a list of floats, one per target
+    (an advantage, a teacher's log-probability): the signal that lands on that target."""
+    if not state or any(len(values) != len(targets) for values in columns.values()):
+        raise ValueError("a training sequence needs a state and one value per target in each column")
+    return {"state": list(state), "targets": list(targets), **columns}
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T) tokens fed to the model
     targets: torch.Tensor  # (B, T) the next token at each position
-    mask: torch.Tensor  # (B, T) bool: positions that carry a loss
-    columns: dict = field(default_factory=dict)  # name -> (N,) float values at the masked positions, in order
+    mask: torch.Tensor  # (B, T) bool: positions whose next token is a target
+    columns: dict = field(default_factory=dict)  # name -> (N,) values of the targets, in mask order (row-major)
 
 
 def make_batches(sequences: list, max_tokens: int, device="cpu") -> list:
-    """Pack sequences into micro-batches of at most `max_tokens` padded tokens, similar lengths together.
-
-    Each sequence is a dict: "tokens" (list of ids), "loss" (list of bools, one per token: whether that
-    token is a target), and optionally more per-token float lists (weights, advantages, old log-probs)
-    that travel with the targets into `Batch.columns`.
-    """
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]["tokens"]))
+    """Pack training sequences into micro-batches of at most `max_tokens` padded tokens, similar lengths together."""
+    length = [len(s["state"]) + len(s["targets"]) - 1 for s in sequences]  # model inputs: the last token is not read
+    order = sorted(range(len(sequences)), key=length.__getitem__)
     groups, current = [], []
-    for index in order:
-        longest = len(sequences[index]["tokens"]) - 1  # shortest first: the newest is the longest of the group
-        if current and longest * (len(current) + 1) > max_tokens:
+    for index in order:  # shortest first: the newest is the longest of its group
+        if current and length[index] * (len(current) + 1) > max_tokens:
             groups.append(current)
             current = []
         current.append(index)
@@ -154,21 +160,17 @@ def make_batches(sequences: list, max_tokens: int, device="cpu") -> list:
         groups.append(current)
     batches = []
     for group in groups:
-        T = max(len(sequences[i]["tokens"]) - 1 for i in group)
+        T = max(length[i] for i in group)
         ids = torch.zeros(len(group), T + 1, dtype=torch.long)
         mask = torch.zeros(len(group), T, dtype=torch.bool)  # mask[b, t]: token t + 1 is a target
-        names = [name for name in sequences[group[0]] if name not in ("tokens", "loss")]
-        columns = {name: [] for name in names}
-        for row, i in enumerate(group):  # row by row, left to right: the order of batch.mask's positions
-            sequence = sequences[i]
-            ids[row, :len(sequence["tokens"])] = torch.tensor(sequence["tokens"])
-            is_target = sequence["loss"][1:]  # the first token has no prefix to be predicted from
-            mask[row, :len(is_target)] = torch.tensor(is_target, dtype=torch.bool)
-            for name in names:
-                columns[name] += [v for v, target in zip(sequence[name][1:], is_target) if target]
-        batches.append(Batch(ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device),
-                             {name: torch.tensor(values, dtype=torch.float32, device=device)
-                              for name, values in columns.items()}))
+        names = [name for name in sequences[group[0]] if name not in ("state", "targets")]
+        for row, i in enumerate(group):  # row by row: the order of batch.mask's positions, and of the columns
+            state, targets = sequences[i]["state"], sequences[i]["targets"]
+            ids[row, :len(state) + len(targets)] = torch.tensor(state + targets)
+            mask[row, len(state) - 1:len(state) + len(targets) - 1] = True
+        columns = {name: torch.tensor([v for i in group for v in sequences[i][name]], dtype=torch.float32,
+                                      device=device) for name in names}
+        batches.append(Batch(ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device), columns))
     return batches
 
 
@@ -222,7 +224,7 @@ class Run:
             self.parameters = add_lora(self.model, args.lora_rank, args.lora_alpha, args.lora_dropout)
         else:
             self.parameters = list(self.model.parameters())
-        self.model.gradient_checkpointing = args.gradient_checkpointing
+        self.model.model.gradient_checkpointing = args.gradient_checkpointing  # on the decoder's layers
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.parameters, lr=args.lr, weight_decay=args.weight_decay)
         self.step, self.metrics, self.saved_step = 0, [], None
@@ -291,12 +293,19 @@ class Run:
         if is_main():
             self.progress.write(text)
 
-    def train_step(self, batches: list, loss_of) -> dict:
-        """One optimizer step over micro-batches; `loss_of(batch)` is normalised for the whole step."""
+    def train_step(self, batches: list, token_losses, normaliser=None) -> dict:
+        """One optimizer step over micro-batches. The loss is the sum over every target token of
+        token_losses(batch) (N,), divided by `normaliser`: by default the number of target tokens in the
+        step, on every rank (a mean over the step's targets)."""
         started = time.perf_counter()
         learning_rate = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
+        targets = all_sum(sum(batch.mask.sum().item() for batch in batches))  # every rank's
+        normaliser = normaliser or max(1, targets)
+
+        def loss_of(batch):
+            return token_losses(batch).sum() / normaliser
         if self.ddp is not None and not batches:  # distributed: a rank with no data still joins the all-reduce
             batches, loss_of = [None], lambda batch: sum(p.sum() for p in self.parameters) * 0.0
         total = 0.0
@@ -316,7 +325,7 @@ class Run:
         self.step += 1
         tokens = all_sum(sum(b.input_ids.numel() for b in batches if b is not None))  # every rank's
         seconds = time.perf_counter() - started
-        stats = {"loss": all_sum(total), "lr": learning_rate, "grad_norm": norm.item(),
+        stats = {"loss": all_sum(total), "lr": learning_rate, "grad_norm": norm.item(), "target_tokens": targets,
                  "train_tokens_per_s": tokens / seconds, "train_s": seconds}
         if self.device.type == "cuda":
             stats["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30

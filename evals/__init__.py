@@ -5,9 +5,10 @@ Plain-Python graders for GSM8K, TruthfulQA and MMLU, following lm-evaluation-har
     python -m evals ckpt/tiny --data-dir ../shared/data --limit 50 --shots 5
 
 One file per task (gsm8k.py, truthfulqa.py, mmlu.py) and the command line in __main__.py. This file
-holds what the tasks share: reading data files (local or from the hub), running the model over batches
-(split across ranks under torchrun), the standard errors, and lm-eval's rule for tokenizing a context
-and its continuation.
+holds what the tasks share: reading data files (local or from the hub), the standard errors, lm-eval's rule
+for tokenizing a context and its continuation, `score` (the log-likelihood of continuations, which
+opd.py's reverse_kl uses for the teacher too), and running the model over batches (split across ranks
+under torchrun).
 """
 import json
 import math
@@ -16,9 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from distributed import gather, shard
+from model import token_logprobs
 
 
 class DataError(ValueError):
@@ -90,7 +93,7 @@ def encode_pairs(tokenizer, pairs: list) -> list:
     continuation is tokenized as one string and split at the token length of the context alone.
     Each distinct context is tokenized once, so the choices of one question get the same context ids:
     for one-token continuations (MMLU's " A".." D") the model input, context + continuation[:-1], is
-    the same, and sample.score runs one forward for all of them.
+    the same, and `score` runs one forward for all of them.
     """
     stripped = list(dict.fromkeys(context.rstrip() for context, _ in pairs))  # distinct contexts, in order
     encodings = tokenizer.encode_batch(stripped, add_special_tokens=False)
@@ -103,6 +106,54 @@ def encode_pairs(tokenizer, pairs: list) -> list:
         ids = context_ids[context.rstrip()]
         encoded.append((ids, whole.ids[len(ids):]))
     return encoded
+
+
+@torch.no_grad()
+def score(model, requests: list, batch_size: int = 16) -> list:
+    """Log-probabilities of continuations: requests are (context ids, continuation ids) pairs.
+
+    Returns, per request, the list of log p(continuation token | everything before it). Requests whose
+    model input (context + continuation[:-1]) is the same share one forward: the four one-token answers
+    of an MMLU question cost one forward of the question.
+    """
+    context = model.config.max_position_embeddings
+    device = model.model.embed_tokens.weight.device
+    rows, targets = {}, []  # input tuple -> row index; per request: (row, first position, tokens)
+    for context_ids, continuation_ids in requests:
+        if not context_ids or not continuation_ids:
+            raise ValueError("score needs a non-empty context and continuation")
+        inputs = tuple(context_ids) + tuple(continuation_ids[:-1])
+        if len(inputs) > context:
+            raise ValueError(f"sequence of {len(inputs)} tokens exceeds the model's context of {context}")
+        row = rows.setdefault(inputs, len(rows))
+        targets.append((row, len(context_ids) - 1, list(continuation_ids)))
+    inputs = list(rows)
+    by_row = [[] for _ in inputs]
+    for index, (row, _, _) in enumerate(targets):
+        by_row[row].append(index)
+    results = [None] * len(requests)
+    order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        T = max(len(inputs[r]) for r in batch)
+        ids = torch.tensor([list(inputs[r]) + [0] * (T - len(inputs[r])) for r in batch], device=device)
+        hidden = model(ids, return_hidden=True)  # (b, T, H); right padding does not reach earlier tokens
+        picks = [(j, index) for j, r in enumerate(batch) for index in by_row[r]]
+        batch_rows, positions, wanted = [], [], []
+        for j, index in picks:
+            _, first, continuation = targets[index]
+            batch_rows += [j] * len(continuation)
+            positions += range(first, first + len(continuation))
+            wanted += continuation
+        values = token_logprobs(model, hidden[batch_rows, positions], torch.tensor(wanted, device=device))
+        if not torch.isfinite(values).all():  # NaN would win every argmax comparison as the first choice
+            raise ValueError("the model gives NaN or infinite log-probabilities: its weights are unusable")
+        values = values.tolist()
+        offset = 0
+        for _, index in picks:
+            count = len(targets[index][2])
+            results[index], offset = values[offset:offset + count], offset + count
+    return results
 
 
 def run_batches(task: str, lengths: list, batch_size: int, run_batch, progress: bool) -> tuple:

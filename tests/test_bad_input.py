@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import model
 import opd
 import rl
 import sample
 import sft
+import tiny
 import training
 from checkpoint import CheckpointError
 from evals import __main__ as evaluate, drift, report
@@ -24,7 +24,7 @@ def outcome(main, argv, capsys) -> tuple:
         code = main(argv)
     except SystemExit as exit:
         code = exit.code
-    except (CheckpointError, ValueError) as error:  # sample.py's and model.py's __main__ blocks print these
+    except (CheckpointError, ValueError) as error:  # sample.py's and tiny.py's __main__ blocks print these
         code = f"error: {error}"
     stderr = capsys.readouterr().err if capsys else ""
     if isinstance(code, str):  # sys.exit("error: ..."): Python prints the string and exits with status 1
@@ -79,7 +79,7 @@ COMMANDS = {  # name -> main(argv) as its command-line wrapper runs it
     "sft": lambda argv: training.run_main(lambda: sft.main(argv)),
     "rl": lambda argv: training.run_main(lambda: rl.main(argv)),
     "opd": lambda argv: training.run_main(lambda: opd.main(argv)),
-    "drift": drift.main, "sample": sample.main, "evals": evaluate.main, "report": report.main, "model": model.main,
+    "drift": drift.main, "sample": sample.main, "evals": evaluate.main, "report": report.main, "tiny": tiny.main,
 }
 
 
@@ -92,7 +92,7 @@ def defaults(command: str, world: Path) -> list:
             "drift": ["--base", tiny, "--model", tiny, "--data-dir", data, "--out", new + ".json"],
             "sample": ["--model", tiny, "--prompt", "Question:"],
             "evals": [tiny, "--tasks", "gsm8k", "--data-dir", data, "--out", new + ".json"],
-            "report": ["--out", str(world / "report.md")], "model": []}[command]
+            "report": ["--out", str(world / "report.md")], "tiny": []}[command]
 
 
 CASES = [  # (command, arguments with {w} for the folder, what the line must say)
@@ -121,7 +121,6 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("rl", ["--prompts-per-step", "0"], "--prompts-per-step must be at least 1"),
     ("rl", ["--group-size", "0"], "--group-size must be at least 1"),
     ("rl", ["--eval-every", "0"], "--eval-every must be at least 1"),
-    ("rl", ["--updates-per-batch", "0"], "--updates-per-batch must be at least 1"),
     ("rl", ["--steps", "0"], "--steps must be at least 1"),
     ("rl", ["--max-steps", "-1"], "--max-steps must be at least 1"),
     ("rl", ["--sample-batch-size", "0"], "--sample-batch-size must be at least 1"),
@@ -150,7 +149,7 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("report", ["{w}/results/base", "{w}/results/corrupt"], "corrupt/eval.json: cannot read it as JSON"),
     ("report", ["{w}/results/base", "{w}/results/trained"], "broken_log/metrics.jsonl: corrupt training log"),
     ("report", ["{w}/results/base", "--out", "{w}/results"], "is a directory"),
-    ("model", ["--write-tiny", "{w}/done"], "done already exists"),
+    ("tiny", ["{w}/done"], "done already exists"),
 ]
 
 

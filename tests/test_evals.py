@@ -168,7 +168,7 @@ def test_encode_pairs_split_rule():
 
 
 def direct_loglikelihood(model, context_ids, continuation_ids) -> float:
-    """Sum of log p(continuation) from the full logits of one plain forward (not sample.score)."""
+    """Sum of log p(continuation) from the full logits of one plain forward (not evals.score)."""
     ids = torch.tensor([context_ids + continuation_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(ids)[0].float(), dim=-1)  # (T, V)

@@ -158,7 +158,7 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch):
 
 
 def test_tiny_checkpoint_command(tmp_path):
-    result = subprocess.run([sys.executable, "model.py", "--write-tiny", str(tmp_path / "tiny")], cwd=ROOT,
+    result = subprocess.run([sys.executable, "tiny.py", str(tmp_path / "tiny")], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     model = Qwen3.from_pretrained(tmp_path / "tiny")
@@ -236,8 +236,8 @@ def test_a_save_killed_midway_is_tidied_up_on_the_next_run(tmp_path):
     assert (out / "version").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_write_tiny_refuses_an_existing_directory(tmp_path):
-    result = subprocess.run([sys.executable, "model.py", "--write-tiny", str(tmp_path)], cwd=ROOT,
+def test_tiny_refuses_an_existing_directory(tmp_path):
+    result = subprocess.run([sys.executable, "tiny.py", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == f"error: {tmp_path} already exists: remove it or " \
                                                                 "choose another directory"

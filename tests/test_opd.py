@@ -12,8 +12,9 @@ import opd
 import rl
 import training
 from checkpoint import load_tokenizer
-from model import Qwen3, write_tiny
+from model import Qwen3
 from sample import generate
+from tiny import write_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PROMPTS = ["Question: how many?\nAnswer:", "Ann has", "Bob buys 3", "The answer is"]
@@ -71,8 +72,7 @@ def test_continuation_loss_covers_exactly_the_teacher_tokens(tmp_path, tiny_chec
     assert len(sequences) == 5  # each state once
     for sequence, prefix in zip(sequences, expected_prefixes):
         taught = generate(teacher, [prefix], max_new_tokens=4, eos_token_id=-1)[0].tokens  # the teacher, greedy
-        assert sequence["tokens"] == prefix + taught
-        assert sequence["loss"] == [False] * len(prefix) + [True] * 4
+        assert sequence["state"] == prefix and sequence["targets"] == taught and len(taught) == 4
 
 
 def test_sampled_reverse_kl_estimate_averages_to_the_exact_kl(tmp_path, tiny_checkpoint, digit_teacher):
@@ -83,10 +83,9 @@ def test_sampled_reverse_kl_estimate_averages_to_the_exact_kl(tmp_path, tiny_che
     sequences = opd.rollout_sequences(teacher, [prompt] * 4000, [s.tokens for s in samples], args)
     batches = training.make_batches(sequences, 200_000)
     totals = {"kl": 0.0}
-    loss_of = opd.loss_function(run, teacher, "reverse_kl", 4000, args, totals)
     with torch.no_grad():
         for batch in batches:
-            loss_of(batch)
+            opd.token_losses(run, batch, teacher, args, totals)
         student = torch.log_softmax(run.model(torch.tensor([prompt]))[0, -1], -1)
         teacher_logprobs = torch.log_softmax(teacher(torch.tensor([prompt]))[0, -1], -1)
     exact = (student.exp() * (student - teacher_logprobs)).sum().item()
@@ -98,17 +97,16 @@ def test_sampled_reverse_kl_estimate_averages_to_the_exact_kl(tmp_path, tiny_che
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
 def test_full_kl_equals_direct_computation(tmp_path, tiny_checkpoint, digit_teacher, direction):
     args, run, teacher = student_run(tmp_path, tiny_checkpoint, digit_teacher, "--mode", "full_kl")
-    sequences = [{"tokens": [5, 6, 7, 8, 9], "loss": [False, False, True, True, True]},
-                 {"tokens": [10, 11, 12], "loss": [False, True, True]}]
+    sequences = [training.sequence(state=[5, 6], targets=[7, 8, 9]), training.sequence(state=[10], targets=[11, 12])]
     batch = training.make_batches(sequences, 100)[0]
     ours = opd.chunked_kl(run, teacher, batch, direction, chunk_size=2)
     direct = []
     for sequence in sequences:
-        ids = torch.tensor([sequence["tokens"][:-1]])
+        ids = torch.tensor([(sequence["state"] + sequence["targets"])[:-1]])
         with torch.no_grad():
             p_s = torch.softmax(run.model(ids)[0], -1)
             p_t = torch.softmax(teacher(ids)[0], -1)
-        first = sequence["loss"].index(True) - 1  # the state before the first target token
+        first = len(sequence["state"]) - 1  # the state before the first target token
         for s, t in zip(p_s[first:], p_t[first:]):
             if direction == "reverse":
                 direct.append(sum(a * (math.log(a) - math.log(b)) for a, b in zip(s.tolist(), t.tolist())))

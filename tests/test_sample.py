@@ -9,7 +9,8 @@ import torch
 from conftest import reference_checkpoint
 from checkpoint import load_tokenizer
 from model import Qwen3
-from sample import choose_tokens, filter_probabilities, generate, score
+from evals import score
+from sample import choose_tokens, filter_probabilities, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,18 +76,6 @@ def test_greedy_equals_transformers_generate(tmp_path):
     _, margins = greedy_without_cache(ours, prompt[0].tolist(), 30)
     assert agree_while_clear(actual, expected, margins)
     assert actual[:5] == expected[:5]
-
-
-def test_logprobs_equal_a_separate_full_forward(lively):
-    model, tokenizer = lively
-    prompts = prompts_of(tokenizer)
-    completions = generate(model, prompts, max_new_tokens=12, temperature=1.0, n=2, seed=5, eos_token_id=-1)
-    for index, completion in enumerate(completions):
-        prompt = prompts[index // 2]
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + completion.tokens]))[0]
-        expected = torch.log_softmax(logits[len(prompt) - 1:-1], -1)[torch.arange(12), completion.tokens]
-        assert (torch.tensor(completion.logprobs) - expected).abs().max() <= 1e-4
 
 
 def test_seeded_samples_do_not_depend_on_the_batch(lively):
@@ -211,7 +200,7 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
     """torch.compile of the fixed-shape decode step (inductor; CUDA graphs on a GPU) changes nothing. Calls
     with other prompt lengths or fewer rows use views of one cache, and a shape seen before compiles nothing."""
     from torch._dynamo.utils import counters
-    import sample
+    import compiled as compiled_step
     model, tokenizer = lively
     prompts = prompts_of(tokenizer)
     calls = [prompts, [prompts[1], prompts[0][:4], prompts[2]], prompts[1:], prompts]  # P varies, then rows
@@ -219,12 +208,11 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
     for call in calls:
         eager = generate(model, call, max_new_tokens=12, eos_token_id=-1)
         compiled = generate(model, call, max_new_tokens=12, eos_token_id=-1, compile=True)
-        caches.append(sample.COMPILED[model].cache)
+        caches.append(compiled_step.COMPILED[model].cache)
         graphs.append(counters["stats"]["unique_graphs"])
         for prompt, a, b in zip(call, eager, compiled):
             _, margins = greedy_without_cache(model, prompt, 12)
             assert agree_while_clear(b.tokens, a.tokens, margins)
-            assert torch.tensor(b.logprobs) == pytest.approx(torch.tensor(a.logprobs), abs=1e-4)
     assert all(cache is caches[0] for cache in caches)  # one allocation throughout
     assert graphs[0] == graphs[1] < graphs[2] == graphs[3]  # new rows compile once; a known shape reuses its step
     # more rows and a longer prompt grow the cache; its length is rounded up to a power of two, but never past
@@ -236,7 +224,7 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
         compiled = generate(model, longer, max_new_tokens=12, eos_token_id=-1, compile=True)
     finally:
         model.config.max_position_embeddings = context
-    assert sample.COMPILED[model].cache.keys[0].shape[::2] == (4, 300)
+    assert compiled_step.COMPILED[model].cache.keys[0].shape[::2] == (4, 300)
     for prompt, a, b in zip(longer, eager, compiled):
         _, margins = greedy_without_cache(model, prompt, 12)
         assert agree_while_clear(b.tokens, a.tokens, margins)
@@ -253,10 +241,9 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
     finally:
         with torch.no_grad():
             model.model.layers[0].mlp.down_proj.weight.mul_(-1)
-    assert [c.logprobs[1] for c in changed] != pytest.approx([c.logprobs[1] for c in before], abs=1e-2)
+    assert [c.tokens for c in changed] != [c.tokens for c in before]  # the change shows in the greedy text
     for a, b, margin in zip(changed, compiled, margins):
-        assert agree_while_clear(b.tokens, a.tokens, margin)
-        assert b.logprobs[:2] == pytest.approx(a.logprobs[:2], abs=1e-4)  # [1]: the first compiled step
+        assert agree_while_clear(b.tokens, a.tokens, margin)  # the compiled step follows the new weights
     # n samples per prompt, their prefill copied into the group's rows: the compiled step samples the same
     sampled = dict(max_new_tokens=8, eos_token_id=-1, n=3, temperature=1.0, seed=5)
     expected = generate(model, prompts, **sampled)

@@ -36,17 +36,16 @@ def write_gsm8k(folder: Path, items) -> Path:
 
 def test_prompt_tokens_carry_no_loss_and_get_no_gradient(tiny):
     model, tokenizer = tiny
-    sequences = sft.encode_examples(ITEMS[:2], tokenizer, model.config.eos_token_id, 4096)
+    sequences = sft.dataset_sequences(ITEMS[:2], tokenizer, model.config.eos_token_id, 4096)
     for item, sequence in zip(ITEMS, sequences):
-        prompt_length = len(tokenizer.encode("Question: " + item["question"] + "\nAnswer:").ids)
-        assert sequence["loss"] == [False] * prompt_length + [True] * (len(sequence["tokens"]) - prompt_length)
-        assert tokenizer.decode(sequence["tokens"][prompt_length:-1]) == " " + item["answer"]
-        assert sequence["tokens"][-1] == model.config.eos_token_id
+        assert sequence["state"] == tokenizer.encode("Question: " + item["question"] + "\nAnswer:").ids
+        assert tokenizer.decode(sequence["targets"][:-1]) == " " + item["answer"]
+        assert sequence["targets"][-1] == model.config.eos_token_id
     batch = training.make_batches(sequences, 10_000)[0]
     captured = {}
     handle = model.model.norm.register_forward_hook(lambda m, i, out: captured.setdefault("hidden", out))
     try:
-        loss = sft.masked_cross_entropy(SimpleNamespace(model=model), [batch])(batch)
+        loss = sft.token_losses(SimpleNamespace(model=model), batch).sum()
         gradient = torch.autograd.grad(loss, captured["hidden"])[0]  # (B, T, H): final states, one per position
     finally:
         handle.remove()
@@ -55,24 +54,28 @@ def test_prompt_tokens_carry_no_loss_and_get_no_gradient(tiny):
     assert (per_position[batch.mask] > 0).all()
 
 
-def test_loss_equals_hand_computed_masked_cross_entropy(tiny):
+def test_the_logged_loss_is_the_mean_cross_entropy_of_the_gold_tokens(tmp_path, tiny_checkpoint, tiny):
+    """One step over several micro-batches: training.Run.train_step's normaliser makes the loss the mean over the
+    step's gold tokens, which a full forward of each sequence alone and F.cross_entropy give by hand."""
     model, tokenizer = tiny
-    sequences = sft.encode_examples(ITEMS, tokenizer, model.config.eos_token_id, 4096)
-    batches = training.make_batches(sequences, 120)  # several micro-batches
-    assert len(batches) > 1
-    run = SimpleNamespace(model=model)
+    data = write_gsm8k(tmp_path / "data", ITEMS)
+    sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+              "--max-steps", "1", "--batch-size", "4", "--heldout", "0", "--micro-batch-tokens", "120"])
+    logged = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    sequences = sft.dataset_sequences(ITEMS, tokenizer, model.config.eos_token_id, 4096)
+    assert len(training.make_batches(sequences, 120)) > 1  # several micro-batches
+    losses, count = [], 0
     with torch.no_grad():
-        loss_of = sft.masked_cross_entropy(run, batches)
-        ours = sum(loss_of(batch).item() for batch in batches)
-        # by hand: full logits of each sequence alone, cross-entropy on the target tokens only
-        losses, count = [], 0
-        for sequence in sequences:
-            ids = torch.tensor(sequence["tokens"])
+        for item in ITEMS:
+            prompt = tokenizer.encode("Question: " + item["question"] + "\nAnswer:").ids
+            gold = tokenizer.encode(" " + item["answer"]).ids + [model.config.eos_token_id]
+            ids = torch.tensor(prompt + gold)
             logits = model(ids[None, :-1])[0]
-            targets = torch.where(torch.tensor(sequence["loss"][1:]), ids[1:], -100)
+            targets = torch.cat([torch.full((len(prompt) - 1,), -100), torch.tensor(gold)])
             losses.append(F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum"))
-            count += sum(sequence["loss"][1:])
-    assert ours == pytest.approx((sum(losses) / count).item(), abs=1e-5)
+            count += len(gold)
+    assert logged["target_tokens"] == count
+    assert logged["loss"] == pytest.approx((sum(losses) / count).item(), abs=1e-5)
 
 
 def test_tiny_model_overfits_a_handful_of_examples(tmp_path, tiny_checkpoint):
@@ -210,7 +213,7 @@ def test_nan_weights_are_never_saved(tmp_path, tiny_checkpoint, monkeypatch):
 
 def test_nan_loss_stops_before_saving(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
-    monkeypatch.setattr(sft, "masked_cross_entropy", lambda run, batches: lambda batch: torch.tensor(float("nan")))
+    monkeypatch.setattr(sft, "token_losses", lambda run, batch: torch.tensor([float("nan")]))
     with pytest.raises(training.TrainingError, match="loss is nan"):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
                   "--max-steps", "2", "--batch-size", "4"])
