@@ -276,3 +276,5 @@ if __name__ == "__main__":
         main()
     except (CheckpointError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(130)

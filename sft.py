@@ -83,8 +83,8 @@ def main(argv=None):
     training.apply_preset(args, {**PRESETS[args.preset], "out": f"ckpt/sft_{args.preset}"})
     training.check_at_least(args, 1, "batch_size", "eval_every")
     training.check_at_least(args, 0, "heldout")
-    if not args.epochs > 0:
-        raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    if not 0 < args.epochs < math.inf:
+        raise ValueError(f"--epochs must be positive and finite, got {args.epochs}")
 
     items = gsm8k.load("train", args.data_dir)[:args.limit]
     train_items, heldout_items = split_heldout(items, min(args.heldout, len(items) // 10), args.seed)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checkpoint import DEFAULT_MODEL
+from checkpoint import DEFAULT_MODEL, recover_directory
 
 ROOT = Path(__file__).resolve().parent
 TINY_DATA = ROOT / "data" / "tiny"
@@ -75,7 +75,9 @@ class Stage:
 def stages(args) -> list:
     """Every stage of the study, in the order they depend on each other."""
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    evals = [*data, "--shots", str(args.shots)] + (["--limit", str(args.limit)] if args.limit else [])
+    # float32 for every model: on a GPU the base (saved in bf16) would otherwise be scored in bf16 and the
+    # post-trained checkpoints (float32) in float32, and the forgetting column would hold a precision difference
+    evals = [*data, "--shots", str(args.shots), "--dtype", "float32"] + (["--limit", str(args.limit)] if args.limit else [])
     evals += ["--compile"] if args.compile else []
     results = args.results_dir
     base = [Path(args.model) / "config.json"] if Path(args.model).is_dir() or args.tiny else []
@@ -92,7 +94,7 @@ def stages(args) -> list:
                           ["-m", "evals", checkpoint, *evals, "--out", str(results / name / "eval.json")], trained))
         todo.append(Stage(f"state drift of {name}", results / name / "drift.json",
                           ["-m", "evals.drift", "--base", args.model, "--model", checkpoint, *data, "--shots",
-                           str(args.shots), *(TINY["drift"] if args.tiny else []), "--out",
+                           str(args.shots), "--dtype", "float32", *(TINY["drift"] if args.tiny else []), "--out",
                            str(results / name / "drift.json")], base + trained))
     folders = [results / "base"] + [results / name for name, _ in runs]
     todo.append(Stage("report", results / "report.md", ["-m", "evals.report", *map(str, folders), "--out",
@@ -111,14 +113,23 @@ def is_done(stage: Stage, recorded: dict) -> bool:
     """Made by this very command, finished, and newer than everything it was made from."""
     if not stage.output.exists() or recorded.get(str(stage.output)) != stage.command:
         return False
-    if stage.trains and not json.loads(stage.output.read_text()).get("finished"):
+    if stage.trains and not finished(stage.output):
         return False
     return not changed_inputs(stage)
+
+
+def finished(progress: Path) -> bool:
+    try:
+        return json.loads(progress.read_text()).get("finished") is True
+    except (OSError, ValueError, AttributeError):  # unreadable: the trainer, resumed, will say what it holds
+        return False
 
 
 def command_to_run(stage: Stage) -> list:
     """The stage's command; a training run that exists already (cut, or made by other flags) is resumed, and
     its trainer finishes it, finds it finished, or refuses flags that define another run."""
+    if stage.trains:
+        recover_directory(stage.output.parent)  # a save killed between its two renames: the saved run comes back
     return stage.command + (["--resume"] if stage.trains and stage.output.parent.exists() else [])
 
 
@@ -134,7 +145,9 @@ def run_stage(stage: Stage, environment: dict) -> int:
         child.send_signal(number)
         forward.received = number
     forward.received = None
+    # SIGHUP (the terminal closed) would end the study but not the stage, in its own session: stop it too
     previous = {number: signal.signal(number, forward) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda number, frame: forward(signal.SIGTERM, frame))
     try:
         code = child.wait()
     finally:
@@ -176,7 +189,11 @@ def main(argv=None) -> int:
     # `python -m evals` from any directory: the project's modules on the path, paths as the user gave them
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     manifest = args.results_dir / "stages.json"  # output -> the command that made it
-    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
+    try:
+        recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
+    except ValueError:
+        print(f"error: {manifest} is corrupt; remove it, and every stage runs again", file=sys.stderr)
+        return 1
     started = time.perf_counter()
     for number, stage in enumerate(plan, start=1):
         if is_done(stage, recorded):
@@ -204,4 +221,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # between stages: every stage's output is whole (each is written atomically)
+        print("study interrupted between stages: run the same command again to continue", file=sys.stderr)
+        sys.exit(130)

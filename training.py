@@ -50,15 +50,17 @@ class TrainingError(RuntimeError):
     """A run that must stop (NaN loss, unusable output directory); the message is one line."""
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: the run saved what it had (or says what is left) and exits with `exit_code`."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: the run saved what it had (or says what is left) and exits with `exit_code`. A
+    BaseException, as KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
 
 
-# Flags that cannot change what a run computes: --resume may differ in these (and only these) from args.json.
-# The others define the run: resuming with another --lr, --seed or --model would train a different model.
+# Flags that cannot change what a run computes (beyond float rounding, and LoRA dropout's draws for
+# --micro-batch-tokens): --resume may differ in these, and only these, from args.json. The others define the
+# run: resuming with another --lr, --seed or --model would train a different model.
 RESUMABLE_CHANGES = {"out", "resume", "save_every", "device", "compile", "sample_batch_size", "micro_batch_tokens",
                      "gradient_checkpointing", "eval_every"}
 
@@ -124,6 +126,9 @@ def run_main(main):
     except Interrupted as interrupt:
         print(interrupt, file=sys.stderr)
         sys.exit(interrupt.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training started (loading data or the model)
+        print("interrupted before the first step: nothing was saved", file=sys.stderr)
+        sys.exit(130)
 
 # -----------------------------------------------------------------------------
 # Batches of token ids with per-token columns
@@ -199,8 +204,10 @@ def target_logprobs(model: Qwen3, batch: Batch) -> torch.Tensor:
 class Run:
     def __init__(self, args, total_steps: int):
         self.args, self.total_steps, self.out = args, total_steps, Path(args.out)
+        self.device = setup_distributed(args.device)  # under torchrun: this rank's GPU, and the process group
         if is_main():
             recover_directory(self.out)  # a save killed midway: the previous version back, half-written ones gone
+        barrier()  # every rank looks at --out after the tidying
         check_writable(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise TrainingError(f"--out {self.out} is a file, not a directory")
@@ -211,7 +218,6 @@ class Run:
             check_same_run(args, self.out / "args.json")
         if not args.resume and self.out.exists() and any(self.out.iterdir()):
             raise TrainingError(f"{self.out} already exists: pass --resume to continue it, or another --out")
-        self.device = setup_distributed(args.device)  # under torchrun: this rank's GPU, and the process group
         random.seed(args.seed)
         torch.manual_seed(args.seed)
         # bf16 compute where the GPU has it; float32 on CPU and on GPUs without bf16 (T4 and older).
@@ -237,9 +243,11 @@ class Run:
         self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
                              disable=None if is_main() else True)
         self.started = time.perf_counter()
-        self.stop_signal, self.previous_handlers = None, {}
+        self.stop_signal, self.signalled_at, self.previous_handlers = None, 0.0, {}
         if self.step >= total_steps:
             self.write(f"{self.out} finished all {total_steps} steps already: nothing to do")
+            if is_main() and not (self.out / "progress.json").exists():  # saved before progress.json existed
+                write_progress(self.out, self.step, total_steps)
 
     # --- Ctrl-C and SIGTERM: finish the step, save, say how to resume -----------------------------------
 
@@ -257,9 +265,11 @@ class Run:
         return False
 
     def request_stop(self, number, frame):
-        if self.stop_signal is not None:  # a second signal: stop now, the last save stays as it is
+        if self.stop_signal is not None and time.monotonic() - self.signalled_at < 2:
+            return  # the same stop delivered twice (a scheduler signals every process, and study.py forwards it)
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now, the last save stays as it is
             raise Interrupted(f"stopped at once during step {self.step + 1}; {self.resume_hint()}", 128 + number)
-        self.stop_signal = number
+        self.stop_signal, self.signalled_at = number, time.monotonic()
         self.write(f"{signal.Signals(number).name}: stopping after step {self.step + 1} to save "
                    "(send it again to stop at once)")
 
@@ -373,8 +383,7 @@ class Run:
         with atomic_directory(self.out) as staging:
             self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
             (staging / "args.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
-            (staging / "progress.json").write_text(json.dumps(
-                {"step": self.step, "total_steps": self.total_steps, "finished": self.step >= self.total_steps}) + "\n")
+            write_progress(staging, self.step, self.total_steps)
             (staging / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
             (staging / "resume").mkdir()
             trainable = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
@@ -405,7 +414,16 @@ class Run:
         self.step = state["step"]
         metrics_file = self.out / "metrics.jsonl"
         if metrics_file.exists():
-            self.metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            try:
+                self.metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            except ValueError:
+                raise TrainingError(f"{metrics_file}: corrupt training log") from None
+
+
+def write_progress(folder: Path, step: int, total_steps: int):
+    """progress.json: how far the run in `folder` got; study.py reads `finished`."""
+    (folder / "progress.json").write_text(json.dumps(
+        {"step": step, "total_steps": total_steps, "finished": step >= total_steps}) + "\n")
 
 
 def check_same_run(args, saved_file: Path):
@@ -414,6 +432,8 @@ def check_same_run(args, saved_file: Path):
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise TrainingError(f"{saved_file}: cannot read the saved flags ({type(error).__name__})") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{saved_file}: not the flags of a run (a JSON object expected)")
     changed = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in vars(args).items()
                if name in saved and name not in RESUMABLE_CHANGES and saved[name] != value]
     if changed:

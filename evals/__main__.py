@@ -136,4 +136,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # results are written whole at the end, so nothing was
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -64,7 +64,7 @@ def read_run(folder: Path) -> dict:
     evaluation = read_json(path)
     if not (isinstance(evaluation, dict) and isinstance(evaluation.get("model"), str)
             and isinstance(evaluation.get("summary"), dict) and isinstance(evaluation.get("protocol"), dict)
-            and {"shots", "limit", "data", "device", "dtype"} <= set(evaluation["protocol"])):
+            and {"shots", "limit", "data"} <= set(evaluation["protocol"])):
         raise ReportError(f"{path}: not a results file of python -m evals (model, protocol and summary expected)")
     summary = evaluation["summary"]
     try:
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
              table(runs, base), "",
              f"Protocol: {protocol['shots']}-shot GSM8K and MMLU, TruthfulQA MC1 with the six-pair preamble; "
              f"items per task: {protocol['limit'] or 'all'}; data: {protocol['data']}; "
-             f"{protocol['device']} {protocol['dtype']}. Scores ± one standard error. MMD drift: squared MMD of "
+             f"{protocol.get('device', '')} {protocol.get('dtype', '')}. Scores ± one standard error. MMD drift: squared MMD of "
              "lexical prefix-state features against the base model's rollouts (see evals/drift.py).",
              "", "![benchmarks](benchmarks.png)"]
     plot_benchmarks(runs, out.parent / "benchmarks.png")
@@ -212,4 +212,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # results are written whole at the end, so nothing was
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -42,12 +42,18 @@ def world(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("bad_input")
     shutil.copytree(tiny_checkpoint, root / "tiny")
     lines = "".join(json.dumps(ITEM) + "\n" for _ in range(40))
-    for name, text in [("data", lines), ("no_hashes", lines.replace("#### 5", "5"))]:
+    for name, text in [("data", lines), ("no_hashes", lines.replace("#### 5", "5")),
+                       ("no_number", lines.replace("#### 5", "#### five"))]:
         (root / name / "gsm8k").mkdir(parents=True)
         for split in ("train", "test"):
             (root / name / "gsm8k" / f"{split}.jsonl").write_text(text)
     (root / "latin1" / "gsm8k").mkdir(parents=True)
     (root / "latin1" / "gsm8k" / "train.jsonl").write_bytes(json.dumps(ITEM).replace("Ann", "Ané").encode("latin-1"))
+    (root / "latin1" / "gsm8k" / "test.jsonl").write_bytes(json.dumps(ITEM).encode())
+    (root / "latin1" / "truthfulqa").mkdir()
+    (root / "latin1" / "truthfulqa" / "mc_task.json").write_bytes('[{"question": "Où?"}]'.encode("latin-1"))
+    (root / "latin1" / "mmlu" / "test").mkdir(parents=True)
+    (root / "latin1" / "mmlu" / "test" / "misc_test.csv").write_bytes("Où?,a,b,c,d,A\n".encode("latin-1"))
     for name in ("list_config", "string_size", "bad_tokenizer"):
         shutil.copytree(tiny_checkpoint, root / name)
     (root / "list_config" / "config.json").write_text("[]")
@@ -112,6 +118,9 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("sft", ["--model", "{w}/bad_tokenizer"], "bad_tokenizer/tokenizer.json: not a valid tokenizer"),
     ("sft", ["--data-dir", "{w}/latin1"], "latin1/gsm8k/train.jsonl: not UTF-8 text"),
     ("sft", ["--data-dir", "{w}/no_hashes"], "no_hashes/gsm8k/train.jsonl:1: the answer has no final '#### N'"),
+    ("sft", ["--data-dir", "{w}/no_number"], "no_number/gsm8k/train.jsonl:1: the answer has no final '#### N'"),
+    ("evals", ["--tasks", "truthfulqa", "--data-dir", "{w}/latin1"], "latin1/truthfulqa/mc_task.json: not UTF-8"),
+    ("evals", ["--tasks", "mmlu", "--data-dir", "{w}/latin1"], "latin1/mmlu/test/misc_test.csv: not UTF-8"),
     ("sft", ["--out", "{w}/afile"], "is a file, not a directory"),
     ("sft", ["--out", "{w}/afile/run"], "afile is a file"),
     ("sft", ["--out", "{w}/bad_resume", "--resume", "--max-steps", "2"], "cannot read the resume state"),
@@ -161,3 +170,13 @@ def test_bad_input_is_one_line_and_writes_nothing(command, arguments, message, w
     assert code not in (0, None), stderr
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr, stderr
     assert snapshot(world) == before  # nothing written, nothing changed
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(world, capsys, monkeypatch):
+    """As root every folder is writable, so the check's answer is faked: os.access says no for the folder."""
+    monkeypatch.setattr("checkpoint.os.access", lambda path, mode: Path(path) != world)
+    for command in ("sft", "evals"):
+        before = snapshot(world)
+        code, stderr = outcome(COMMANDS[command], defaults(command, world), capsys)
+        assert code == 1 and stderr.count("\n") == 1 and f"{world} is not writable" in stderr, stderr
+        assert snapshot(world) == before

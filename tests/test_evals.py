@@ -419,3 +419,13 @@ def test_end_to_end(shots, tiny_checkpoint, data_dir, tmp_path):
     assert [item["id"] for item in results["tasks"]["mmlu"]["items"]] == [
         "abstract_algebra/test/0", "anatomy/test/0", "astronomy/test/0"]
     assert results["tasks"]["mmlu"]["protocol"]["shots"] == shots
+
+
+def test_the_results_file_records_the_dtype_it_scored_in(tiny_checkpoint, tmp_path):
+    """A checkpoint is scored in the dtype it was saved in (float32 here) unless --dtype says otherwise."""
+    line = json.dumps({"question": "q", "answer": "#### 1"})
+    data = write(tmp_path / "data" / "gsm8k" / "test.jsonl", f"{line}\n").parents[1]
+    for flags, dtype in [([], "float32"), (["--dtype", "bfloat16"], "bfloat16")]:
+        out = tmp_path / f"{dtype}.json"
+        assert main([str(tiny_checkpoint), "--tasks", "gsm8k", "--data-dir", str(data), *flags, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["protocol"]["dtype"] == dtype

@@ -138,8 +138,9 @@ def test_ctrl_c_finishes_the_step_saves_and_the_resumed_run_ends_as_an_uninterru
     original, handler = training.Run.train_step, signal.getsignal(signal.SIGINT)
 
     def interrupted(self, *args):
-        if self.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
+        if self.step == 1:  # Ctrl-C in the middle of step 2, delivered twice (as a scheduler and study.py may)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args)
     monkeypatch.setattr(training.Run, "train_step", interrupted)
     with pytest.raises(training.Interrupted) as interrupt:
@@ -158,6 +159,23 @@ def test_ctrl_c_finishes_the_step_saves_and_the_resumed_run_ends_as_an_uninterru
     stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "split").rglob("*")}
     sft.main(common + ["--out", str(tmp_path / "split"), "--resume", "--save-every", "1"])
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "split").rglob("*")} == stamps
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_checkpoint, monkeypatch):
+    data = write_gsm8k(tmp_path / "data", ITEMS * 4)
+    original = training.Run.train_step
+
+    def impatient(self, *args):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            self.signalled_at -= 10  # the second Ctrl-C comes seconds later
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+    monkeypatch.setattr(training.Run, "train_step", impatient)
+    with pytest.raises(training.Interrupted, match="stopped at once during step 2; nothing was saved"):
+        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                  "--max-steps", "4", "--batch-size", "4", "--heldout", "0", "--save-every", "0"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_state_is_saved_every_50_steps_by_default(tmp_path, tiny_checkpoint, monkeypatch):

@@ -170,3 +170,13 @@ def test_report_with_a_base_score_of_zero(tmp_path, capsys):
     assert report.main([str(tmp_path / "base"), str(tmp_path / "sft_mild"), "--out", str(tmp_path / "report.md")]) == 0
     row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| sft_mild"))
     assert "-0.1250" in row and "- (a base score is 0)" in row
+
+
+def test_a_corrupt_stage_record_is_one_line(tmp_path, capsys):
+    import study
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "stages.json").write_text("{trunc")
+    code = study.main(["--tiny", "--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir", str(tmp_path / "results")])
+    error = capsys.readouterr().err
+    assert code == 1 and error.strip() == f"error: {tmp_path / 'results' / 'stages.json'} is corrupt; remove it, " \
+                                          "and every stage runs again"
