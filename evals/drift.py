@@ -17,7 +17,12 @@ completion for j = 1..K. A state is embedded by lexical features: hashed word un
   sliced_wasserstein  the 1-D Wasserstein-1 distance of the states' projections on --projections random
                       unit directions, averaged
   jaccard             1 - |A n B| / |A u B| of the word sets of the two models' completions
-The paper reports these four but not their features or estimators; all choices here are ours.
+The paper reports these four but not their features or estimators; all choices here are ours. Beyond the
+paper, the drift of the distribution itself on the main task's states, which "RL's Razor" (arXiv
+2509.04259) found to predict forgetting:
+  forward_kl          E over prompts and the base's samples y of log p_base(y | prompt) - log p_post(y | prompt),
+                      nats per completion: an unbiased estimate of KL(base || post) on the base's own states
+  forward_kl_per_token  the same sum divided by the base's completion tokens
 """
 import argparse
 import re
@@ -28,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from checkpoint import CheckpointError, check_writable, load_tokenizer
-from evals import DataError, gsm8k, write_atomically
+from evals import DataError, gsm8k, score, write_atomically
 from model import DTYPES, Qwen3
 from sample import generate
 
@@ -106,14 +111,23 @@ def distances(x, y, texts_a, texts_b, projections: int, seed: int) -> dict:
 # Rollouts of both models on the fixed prompts
 
 
-def rollouts(path: str, prompts: list, seed: int, args):
-    model = Qwen3.from_pretrained(path, dtype=DTYPES.get(args.dtype))
-    tokenizer = load_tokenizer(model)
+def rollouts(model, tokenizer, prompts: list, seed: int, args):
+    """One sample of each prompt at temperature 1: (prompt token ids, completions, prefix states)."""
     ids = [tokenizer.encode(p).ids for p in prompts]
     completions = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=seed,
                            stop=gsm8k.STOP, tokenizer=tokenizer, batch_size=args.batch_size)
     states = [s for p, c in zip(prompts, completions) for s in prefix_states(p, c.tokens, tokenizer, args.cuts)]
-    return states, [c.text for c in completions], str(model.lm_head.weight.dtype).removeprefix("torch.")
+    return ids, completions, states
+
+
+def sequence_logprobs(model, pairs: list, batch_size: int) -> np.ndarray:
+    """log p(completion | prompt) of each (prompt ids, completion ids) pair, summed over the completion: (N,)."""
+    return np.array([sum(values) for values in score(model, pairs, batch_size=batch_size)])
+
+
+def load(path: str, args):
+    model = Qwen3.from_pretrained(path, dtype=DTYPES.get(args.dtype))
+    return model, load_tokenizer(model), str(model.lm_head.weight.dtype).removeprefix("torch.")
 
 
 def main(argv=None) -> int:
@@ -147,10 +161,19 @@ def main(argv=None) -> int:
         train = gsm8k.load("train", args.data_dir) if args.shots else []
         prompts = [gsm8k.prompt(item["question"], gsm8k.exemplars(train, args.shots, index))
                    for index, item in enumerate(test)]
-        base_states, base_texts, base_dtype = rollouts(args.base, prompts, args.seed, args)
-        model_states, model_texts, model_dtype = rollouts(args.model, prompts, args.seed + 1, args)
+        base, tokenizer, base_dtype = load(args.base, args)
+        ids, base_completions, base_states = rollouts(base, tokenizer, prompts, args.seed, args)
+        pairs = [(prompt, c.tokens) for prompt, c in zip(ids, base_completions) if c.tokens]  # the base's states
+        base_logprobs = sequence_logprobs(base, pairs, args.batch_size)
+        del base
+        model, model_tokenizer, model_dtype = load(args.model, args)
+        if model_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"{args.model} and {args.base} have different tokenizers: no common states to compare")
+        _, model_completions, model_states = rollouts(model, tokenizer, prompts, args.seed + 1, args)
         if not base_states or not model_states:
             raise ValueError("no states: every rollout was empty")
+        kl = base_logprobs - sequence_logprobs(model, pairs, args.batch_size)  # (N,) nats per completion
+        base_texts, model_texts = [c.text for c in base_completions], [c.text for c in model_completions]
         x, y = features(base_states, args.features), features(model_states, args.features)
         result = {"base": args.base, "model": args.model,
                   "protocol": {"prompts": len(prompts), "shots": args.shots, "cuts": args.cuts,
@@ -159,8 +182,12 @@ def main(argv=None) -> int:
                                "dtypes": {"base": base_dtype, "model": model_dtype},
                                "features": f"hashed word unigrams + bigrams, {args.features} buckets, L2-normalised",
                                "mmd": "RBF kernel, median-heuristic bandwidth, biased V-statistic of MMD^2",
+                               "forward_kl": "mean over prompts of log p_base - log p_model of the base's sample "
+                                             "(nats per completion; per token: divided by its tokens)",
                                "states": [len(base_states), len(model_states)]},
-                  "distances": distances(x, y, base_texts, model_texts, args.projections, args.seed)}
+                  "distances": {**distances(x, y, base_texts, model_texts, args.projections, args.seed),
+                                "forward_kl": float(kl.mean()),
+                                "forward_kl_per_token": float(kl.sum() / sum(len(c) for _, c in pairs))}}
         write_atomically(out, result)
     except (CheckpointError, DataError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """
-The study's report: the paper's Table 2 with our numbers beside the paper's, and two plots.
+The study's report: the paper's Table 2 with our numbers beside the paper's, the mean and spread over seeds,
+and three plots.
 
     python -m evals.report results/base results/sft_mild results/sft_stress results/opd_sft_stress \\
         results/opd_sft_mild results/rl --out results/report.md
@@ -8,15 +9,19 @@ Each argument is a run's results folder, named after the run, holding eval.json 
 except for the base model, drift.json (python -m evals.drift). The first folder named `base` (or
 --base) is the reference for forgetting and retention, computed as the paper defines them on
 TruthfulQA (MC1) and MMLU only: forgetting = mean over the two of (base - post), retention = mean of
-(post / base). GSM8K is the flexible-extract score. Writes the Markdown report, benchmarks.png (the
-three benchmarks per run, ours as bars with standard errors, the paper's as black diamonds) and
-training_curves.png (each run's metrics.jsonl).
+(post / base). GSM8K is the flexible-extract score. Runs named RUN_seedN are seeds of RUN: the report
+gives their mean and spread beside each run's own standard error. Writes the Markdown report,
+benchmarks.png (the three benchmarks per run, ours as bars with standard errors, the paper's as black
+diamonds), training_curves.png (each run's metrics.jsonl) and drift_vs_forgetting.png (forgetting against
+each drift measure over every run and seed, with Spearman's rank correlation).
 """
 import argparse
 import json
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from checkpoint import CheckpointError, check_writable
 
@@ -96,29 +101,92 @@ def read_metrics(model: str) -> list:
     return records
 
 
+def measures(run: dict, base: dict) -> dict:
+    """A run's row: the three scores, its drift and, against the base, forgetting and retention (None when missing)."""
+    row = {task: run["scores"].get(task, (None,))[0] for task, _, _ in BENCHMARKS}
+    drift = run["drift"] or {}
+    row.update(mmd=drift.get("mmd2"), forward_kl=drift.get("forward_kl_per_token"), forgetting=None, retention=None)
+    retained = [task for task in ("truthfulqa", "mmlu") if task in run["scores"] and task in base["scores"]]
+    if run is not base and len(retained) == 2:
+        row["forgetting"], row["retention"] = forgetting_and_retention(
+            tuple(base["scores"][t][0] for t in retained), tuple(run["scores"][t][0] for t in retained))
+    return row
+
+
+COLUMNS = [("gsm8k", 3), ("truthfulqa", 3), ("mmlu", 3), ("mmd", 5), ("forward_kl", 4), ("forgetting", 4),
+           ("retention", 4)]
+HEADER = ["| run | source | GSM8K | TruthfulQA | MMLU | MMD drift | forward KL / token | forgetting | retention |",
+          "|---|---|---|---|---|---|---|---|---|"]
+
+
+def paper_row(name: str) -> list:
+    paper = PAPER.get(paper_name(name))
+    if not paper:
+        return []
+    numbers = [f"{v:.3f}" for v in paper[1:4]] + ["-" if paper[4] is None else f"{paper[4]:.5f}", "-"]
+    numbers += ["-" if v is None else f"{v:.4f}" for v in paper[5:]]
+    return [f"| {paper[0]} | paper | " + " | ".join(numbers) + " |"]
+
+
 def table(runs: list, base: dict) -> str:
-    lines = ["| run | source | GSM8K | TruthfulQA | MMLU | MMD drift | forgetting | retention |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Every run: its scores ± one standard error, its drift, forgetting and retention; the paper's row below."""
+    lines = list(HEADER)
     for run in runs:
-        cells = []
-        for task, _, _ in BENCHMARKS:
-            value = run["scores"].get(task)
-            cells.append(f"{value[0]:.3f} ± {value[1]:.3f}" if value else "-")
-        retained = [task for task in ("truthfulqa", "mmlu") if task in run["scores"] and task in base["scores"]]
-        if run is not base and len(retained) == 2:
-            forgetting, retention = forgetting_and_retention(tuple(base["scores"][t][0] for t in retained),
-                                                             tuple(run["scores"][t][0] for t in retained))
-            tail = [f"{run['mmd']:.5f}" if run["mmd"] is not None else "-", f"{forgetting:.4f}",
-                    f"{retention:.4f}" if retention is not None else "- (a base score is 0)"]
-        else:
-            tail = ["-", "-", "-"]
-        lines.append(f"| {run['name']} | ours | " + " | ".join(cells + tail) + " |")
-        paper = PAPER.get(paper_name(run["name"]))
-        if paper:
-            numbers = [f"{v:.3f}" for v in paper[1:4]] + ["-" if v is None else f"{v:.{digits}f}"
-                                                           for v, digits in zip(paper[4:], (5, 4, 4))]
-            lines.append(f"| {paper[0]} | paper | " + " | ".join(numbers) + " |")
+        row = measures(run, base)
+        cells = [f"{run['scores'][task][0]:.3f} ± {run['scores'][task][1]:.3f}" if task in run["scores"] else "-"
+                 for task, _, _ in BENCHMARKS]
+        cells += ["-" if row[name] is None else f"{row[name]:.{digits}f}" for name, digits in COLUMNS[3:]]
+        if row["retention"] is None and row["forgetting"] is not None:
+            cells[-1] = "- (a base score is 0)"
+        lines.append(f"| {run['name']} | ours | " + " | ".join(cells) + " |")
+        lines += paper_row(run["name"])
     return "\n".join(lines)
+
+
+def seed_table(runs: list, base: dict) -> str:
+    """Runs with several seeds: the mean ± the standard deviation over seeds (n seeds), and the mean of the
+    runs' own standard errors, to set the spread against."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(paper_name(run["name"]), []).append(run)
+    lines = list(HEADER)
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        rows = [measures(run, base) for run in group]
+        cells = []
+        for column, digits in COLUMNS:
+            values = np.array([row[column] for row in rows if row[column] is not None], dtype=float)
+            cells.append(f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "-")
+        for index, (task, _, _) in enumerate(BENCHMARKS):
+            errors = [run["scores"][task][1] for run in group if task in run["scores"]]
+            cells[index] += f" (se {np.mean(errors):.3f})" if errors else ""
+        lines.append(f"| {name} ({len(group)} seeds) | ours | " + " | ".join(cells) + " |")
+        lines += paper_row(name)
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the ranks (ties get their mean rank)."""
+    def ranks(values):
+        values = np.asarray(values, dtype=float)
+        order = values.argsort(kind="stable")
+        result = np.empty(len(values))
+        result[order] = np.arange(len(values))
+        for value in np.unique(values):
+            result[values == value] = result[values == value].mean()
+        return result
+    a, b = ranks(x), ranks(y)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def drift_and_forgetting(runs: list, base: dict) -> list:
+    """(run, MMD, forward KL per token, forgetting) of every run with a drift and a forgetting."""
+    rows = [(run["name"], measures(run, base)) for run in runs if run is not base]
+    return [(name, row["mmd"], row["forward_kl"], row["forgetting"]) for name, row in rows
+            if row["mmd"] is not None and row["forgetting"] is not None]
 
 # -----------------------------------------------------------------------------
 # Plots
@@ -145,6 +213,33 @@ def plot_benchmarks(runs: list, path: Path):
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_drift_and_forgetting(points: list, path: Path) -> bool:
+    """Forgetting against each drift measure, one point per run and seed, each run in its colour."""
+    if len(points) < 3:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    names = list(dict.fromkeys(paper_name(name) for name, *_ in points))
+    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    for axis, index, label in ((axes[0], 1, "MMD drift (lexical prefix states)"),
+                               (axes[1], 2, "forward KL(base || post) per token (nats)")):
+        for name in names:
+            mine = [point for point in points if paper_name(point[0]) == name]
+            axis.scatter([p[index] for p in mine], [p[3] for p in mine], color=colours[name], label=name)
+        rho = spearman([p[index] for p in points], [p[3] for p in points])
+        axis.set_title(f"Spearman rank correlation {rho:.2f} ({len(points)} runs)")
+        axis.set_xlabel(label)
+        axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
+        axis.axhline(0, color="grey", linewidth=0.5)
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
 def plot_training_curves(runs: list, path: Path) -> bool:
@@ -195,19 +290,32 @@ def main(argv=None) -> int:
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     protocol = base["protocol"]
-    lines = ["# Post-training is about states: our runs beside the paper's Table 2", "",
-             table(runs, base), "",
+    lines = ["# Post-training is about states: our runs beside the paper's Table 2", "", table(runs, base), "",
              f"Protocol: {protocol['shots']}-shot GSM8K and MMLU, TruthfulQA MC1 with the six-pair preamble; "
              f"items per task: {protocol['limit'] or 'all'}; data: {protocol['data']}; "
-             f"{protocol.get('device', '')} {protocol.get('dtype', '')}. Scores ± one standard error. MMD drift: squared MMD of "
-             "lexical prefix-state features against the base model's rollouts (see evals/drift.py).",
-             "", "![benchmarks](benchmarks.png)"]
+             f"{protocol.get('device', '')} {protocol.get('dtype', '')}. Scores ± one standard error. MMD drift: "
+             "squared MMD of lexical prefix-state features against the base model's rollouts; forward KL: "
+             "log p_base - log p_post of the base's own samples, per token (see evals/drift.py)."]
+    seeds = seed_table(runs, base)
+    if seeds:
+        lines += ["", "## Mean over seeds", "", seeds, "",
+                  "Each cell: the mean ± the standard deviation over seeds; (se ...) is the mean of the runs' own "
+                  "standard errors, the noise of one evaluation."]
+    points = drift_and_forgetting(runs, base)
+    if len(points) >= 3:
+        lines += ["", "## Which drift predicts forgetting", "",
+                  f"Spearman's rank correlation with forgetting over {len(points)} runs: MMD drift "
+                  f"{spearman([p[1] for p in points], [p[3] for p in points]):.2f}, forward KL "
+                  f"{spearman([p[2] for p in points], [p[3] for p in points]):.2f}.", "",
+                  "![drift and forgetting](drift_vs_forgetting.png)"]
+    lines += ["", "![benchmarks](benchmarks.png)"]
     plot_benchmarks(runs, out.parent / "benchmarks.png")
+    plot_drift_and_forgetting(points, out.parent / "drift_vs_forgetting.png")
     if plot_training_curves(runs, out.parent / "training_curves.png"):
         lines.append("![training curves](training_curves.png)")
     out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:4]))
-    print(f"\nwrote {out}, {out.parent / 'benchmarks.png'}")
+    print("\n".join(lines))
+    print(f"\nwrote {out} and its plots in {out.parent}")
     return 0
 
 

@@ -42,8 +42,7 @@ def world(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("bad_input")
     shutil.copytree(tiny_checkpoint, root / "tiny")
     lines = "".join(json.dumps(ITEM) + "\n" for _ in range(40))
-    for name, text in [("data", lines), ("no_hashes", lines.replace("#### 5", "5")),
-                       ("no_number", lines.replace("#### 5", "#### five"))]:
+    for name, text in [("data", lines), ("no_hashes", lines.replace("#### 5", "5"))]:
         (root / name / "gsm8k").mkdir(parents=True)
         for split in ("train", "test"):
             (root / name / "gsm8k" / f"{split}.jsonl").write_text(text)
@@ -118,7 +117,6 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("sft", ["--model", "{w}/bad_tokenizer"], "bad_tokenizer/tokenizer.json: not a valid tokenizer"),
     ("sft", ["--data-dir", "{w}/latin1"], "latin1/gsm8k/train.jsonl: not UTF-8 text"),
     ("sft", ["--data-dir", "{w}/no_hashes"], "no_hashes/gsm8k/train.jsonl:1: the answer has no final '#### N'"),
-    ("sft", ["--data-dir", "{w}/no_number"], "no_number/gsm8k/train.jsonl:1: the answer has no final '#### N'"),
     ("evals", ["--tasks", "truthfulqa", "--data-dir", "{w}/latin1"], "latin1/truthfulqa/mc_task.json: not UTF-8"),
     ("evals", ["--tasks", "mmlu", "--data-dir", "{w}/latin1"], "latin1/mmlu/test/misc_test.csv: not UTF-8"),
     ("sft", ["--out", "{w}/afile"], "is a file, not a directory"),

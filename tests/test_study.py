@@ -94,7 +94,8 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
     for png in ("benchmarks.png", "training_curves.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     drift_result = json.loads((results / "sft_stress" / "drift.json").read_text())
-    assert set(drift_result["distances"]) == {"mmd2", "centroid", "sliced_wasserstein", "jaccard"}
+    assert set(drift_result["distances"]) == {"mmd2", "centroid", "sliced_wasserstein", "jaccard", "forward_kl",
+                                              "forward_kl_per_token"}
     outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     second = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert second.returncode == 0 and "$ python" not in second.stdout  # no stage ran again
@@ -155,6 +156,7 @@ def test_drift_draws_the_two_models_independently(tmp_path, tiny_checkpoint):
     assert drift.main(["--base", str(tiny_checkpoint), "--model", str(tiny_checkpoint), "--data-dir",
                        str(tmp_path / "data"), "--prompts", "6", "--max-new-tokens", "8", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["distances"]["forward_kl"] == 0  # the same model scores the base's samples identically
     assert result["protocol"]["seeds"] == {"base": 0, "model": 1}
     assert result["protocol"]["dtypes"] == {"base": "float32", "model": "float32"}
     assert result["distances"]["mmd2"] > 0 and result["distances"]["jaccard"] > 0
@@ -180,3 +182,68 @@ def test_a_corrupt_stage_record_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 1 and error.strip() == f"error: {tmp_path / 'results' / 'stages.json'} is corrupt; remove it, " \
                                           "and every stage runs again"
+
+
+def test_forward_kl_is_the_base_samples_log_ratio(tmp_path, tiny_checkpoint):
+    """forward_kl against a direct computation: full forwards and log_softmax of both models on the base's own
+    samples (which generate draws with the drift's seed), averaged over prompts."""
+    import torch
+    from checkpoint import load_tokenizer
+    from evals import drift, gsm8k
+    from model import Qwen3
+    from sample import generate
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    items = [{"question": f"Bob has {n} cards. How many?", "answer": f"#### {n}"} for n in range(5)]
+    (tmp_path / "data" / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    post = Qwen3.from_pretrained(tiny_checkpoint)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in post.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    post.save_pretrained(tmp_path / "post")
+    out = tmp_path / "drift.json"
+    assert drift.main(["--base", str(tiny_checkpoint), "--model", str(tmp_path / "post"), "--data-dir",
+                       str(tmp_path / "data"), "--prompts", "5", "--max-new-tokens", "6", "--out", str(out)]) == 0
+    base = Qwen3.from_pretrained(tiny_checkpoint)
+    tokenizer = load_tokenizer(base)
+    prompts = [tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in items]
+    samples = generate(base, prompts, max_new_tokens=6, temperature=1.0, seed=0, stop=gsm8k.STOP, tokenizer=tokenizer)
+
+    def logprob(model, prompt, tokens):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + tokens]))[0, len(prompt) - 1:-1]
+        return torch.log_softmax(logits, -1)[torch.arange(len(tokens)), tokens].sum().item()
+    direct = [logprob(base, p, s.tokens) - logprob(post, p, s.tokens) for p, s in zip(prompts, samples)]
+    result = json.loads(out.read_text())["distances"]
+    assert result["forward_kl"] == pytest.approx(sum(direct) / len(direct), abs=1e-4) and result["forward_kl"] > 0
+    assert result["forward_kl_per_token"] == pytest.approx(sum(direct) / sum(len(s.tokens) for s in samples), abs=1e-4)
+
+
+def test_report_over_seeds_and_the_drift_forgetting_correlation(tmp_path):
+    """Three seeds of two runs: the mean ± standard deviation over seeds, the rank correlation of forgetting with
+    each drift measure, and its plot."""
+    from evals import report
+    assert report.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))  # ties: mean ranks
+    assert report.spearman([1, 2, 3], [3, 2, 1]) == -1
+    protocol = {"shots": 0, "limit": None, "data": "x", "device": "cpu", "dtype": "float32"}
+
+    def write_run(name, truthfulqa, mmlu, mmd=None, kl=None):
+        summary = {"truthfulqa": {"mc1": truthfulqa, "mc1_stderr": 0.02}, "mmlu": {"accuracy": mmlu, "accuracy_stderr": 0.01}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"model": name, "protocol": protocol, "summary": summary}))
+        if mmd is not None:
+            (tmp_path / name / "drift.json").write_text(json.dumps({"distances": {"mmd2": mmd, "forward_kl_per_token": kl}}))
+        return str(tmp_path / name)
+    folders = [write_run("base", 0.6, 0.8)]
+    for seed, suffix in enumerate(["", "_seed1", "_seed2"]):
+        folders.append(write_run("sft_stress" + suffix, 0.4 + 0.02 * seed, 0.6, mmd=0.02 + 0.001 * seed, kl=0.5 + seed))
+        folders.append(write_run("rl" + suffix, 0.6, 0.79 - 0.01 * seed, mmd=0.03 - 0.001 * seed, kl=0.01 * seed))
+    assert report.main(folders + ["--out", str(tmp_path / "report.md")]) == 0
+    text = (tmp_path / "report.md").read_text()
+    # sft_stress: TruthfulQA 0.40, 0.42, 0.44 -> 0.420 ± 0.020; forgetting (0.2, 0.19, 0.18) -> mean 0.19
+    assert "| sft_stress (3 seeds) | ours | - | 0.420 ± 0.020 (se 0.020) | 0.600 ± 0.000 (se 0.010) |" in text
+    assert "| rl (3 seeds) | ours |" in text and "0.1900 ± 0.0100" in text
+    # forgetting ranks rl seeds 0, 1, 2 then stress seeds 2, 1, 0; the MMD ranks them exactly the other way (-1);
+    # the forward KL ranks rl 0, 1, 2, stress 0, 1, 2: rank differences 0, 0, 0, 2, 0, 2 give 1 - 6 * 8 / 210
+    assert "MMD drift -1.00, forward KL 0.77" in text
+    assert (tmp_path / "drift_vs_forgetting.png").read_bytes()[:4] == b"\x89PNG"
