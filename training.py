@@ -16,7 +16,8 @@ A training script's life:
         run.save()
 
 Ctrl-C or SIGTERM (a cluster's pre-emption) inside the `with` finishes the current step, saves, and exits
-with a line saying how to resume; `--resume` refuses flags that would make it another run.
+with a line saying how to resume; `--resume` refuses flags that would make it another run (resume.py holds
+what a save writes beside the checkpoint and how a run stops and goes on).
 
 Under `torchrun --nproc_per_node=N` the same script runs data-parallel (helpers in distributed.py, DDP
 here): each rank takes its share of the step's sequences or prompts (`shard`), the loss
@@ -24,13 +25,9 @@ normalisers are summed over ranks (`all_sum`), DDP all-reduces the gradients onc
 rank 0 prints and saves. A single process never starts torch.distributed.
 """
 import contextlib
-import json
 import math
-import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,30 +36,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import (DEFAULT_MODEL, CheckpointError, atomic_directory, check_writable, load_tokenizer,
-                        recover_directory)
+from checkpoint import DEFAULT_MODEL, CheckpointError, atomic_directory, load_tokenizer
 from distributed import all_sum, barrier, is_main, setup_distributed, world_size
 from model import DTYPES, Qwen3, add_lora, default_dtype, token_logprobs
+from resume import Interrupted, StopOnSignal, TrainingError, check_output, read_state, write_state
 from sample import generate
 
-
-class TrainingError(RuntimeError):
-    """A run that must stop (NaN loss, unusable output directory); the message is one line."""
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM: the run saved what it had (or says what is left) and exits with `exit_code`. A
-    BaseException, as KeyboardInterrupt is, so that no `except Exception` on the way swallows it."""
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# Flags that cannot change what a run computes (beyond float rounding, and LoRA dropout's draws for
-# --micro-batch-tokens): --resume may differ in these, and only these, from args.json. The others define the
-# run: resuming with another --lr, --seed or --model would train a different model.
-RESUMABLE_CHANGES = {"out", "resume", "save_every", "device", "compile", "sample_batch_size", "micro_batch_tokens",
-                     "gradient_checkpointing", "eval_every"}
 
 # -----------------------------------------------------------------------------
 # Flags
@@ -205,19 +184,7 @@ class Run:
     def __init__(self, args, total_steps: int):
         self.args, self.total_steps, self.out = args, total_steps, Path(args.out)
         self.device = setup_distributed(args.device)  # under torchrun: this rank's GPU, and the process group
-        if is_main():
-            recover_directory(self.out)  # a save killed midway: the previous version back, half-written ones gone
-        barrier()  # every rank looks at --out after the tidying
-        check_writable(self.out)
-        if self.out.exists() and not self.out.is_dir():
-            raise TrainingError(f"--out {self.out} is a file, not a directory")
-        resume_file = self.out / "resume" / "state.pt"
-        if args.resume and not resume_file.exists():
-            raise TrainingError(f"--resume: {resume_file} does not exist")
-        if args.resume:
-            check_same_run(args, self.out / "args.json")
-        if not args.resume and self.out.exists() and any(self.out.iterdir()):
-            raise TrainingError(f"{self.out} already exists: pass --resume to continue it, or another --out")
+        resume_file = check_output(args)  # --out usable; with --resume, the saved run is this run
         random.seed(args.seed)
         torch.manual_seed(args.seed)
         # bf16 compute where the GPU has it; float32 on CPU and on GPUs without bf16 (T4 and older).
@@ -235,7 +202,7 @@ class Run:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=args.lr, weight_decay=args.weight_decay)
         self.step, self.metrics, self.saved_step = 0, [], None
         if args.resume:
-            self.load_resume(resume_file)
+            read_state(self, resume_file)  # weights, optimizer, RNGs, step, metrics
             self.saved_step = self.step
         self.ddp = None
         if world_size() > 1:  # distributed: DDP all-reduces the gradients (and starts every rank from rank 0's weights)
@@ -243,40 +210,18 @@ class Run:
         self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
                              disable=None if is_main() else True)
         self.started = time.perf_counter()
-        self.stop_signal, self.signalled_at, self.previous_handlers = None, 0.0, {}
+        self.stopper = StopOnSignal(self)  # active inside `with Run(...)`
         if self.step >= total_steps:
             self.write(f"{self.out} finished all {total_steps} steps already: nothing to do")
-            if is_main() and not (self.out / "progress.json").exists():  # saved before progress.json existed
-                write_progress(self.out, self.step, total_steps)
-
-    # --- Ctrl-C and SIGTERM: finish the step, save, say how to resume -----------------------------------
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self.previous_handlers[number] = signal.signal(number, self.request_stop)
+        self.stopper.__enter__()
         return self
 
     def __exit__(self, *exception):
-        for number, handler in self.previous_handlers.items():
-            signal.signal(number, handler)
-        self.previous_handlers = {}
+        self.stopper.__exit__(*exception)
         self.progress.close()
         return False
-
-    def request_stop(self, number, frame):
-        if self.stop_signal is not None and time.monotonic() - self.signalled_at < 2:
-            return  # the same stop delivered twice (a scheduler signals every process, and study.py forwards it)
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now, the last save stays as it is
-            raise Interrupted(f"stopped at once during step {self.step + 1}; {self.resume_hint()}", 128 + number)
-        self.stop_signal, self.signalled_at = number, time.monotonic()
-        self.write(f"{signal.Signals(number).name}: stopping after step {self.step + 1} to save "
-                   "(send it again to stop at once)")
-
-    def resume_hint(self) -> str:
-        if self.saved_step is None:
-            return "nothing was saved; run the command again to start over"
-        return f"{self.out} holds step {self.saved_step}: run the same command with --resume to continue"
 
     def learning_rate(self) -> float:
         """Linear warmup to --lr, then cosine decay to zero at the last step."""
@@ -358,10 +303,9 @@ class Run:
         self.write(f"step {self.step}/{self.total_steps} | {shown}")
         if self.args.save_every and self.step % self.args.save_every == 0:
             self.save()
-        if self.step < self.total_steps and all_sum(int(self.stop_signal is not None)):  # all ranks stop together
+        if self.step < self.total_steps and all_sum(int(self.stopper.requested is not None)):  # all ranks at once
             self.save()
-            raise Interrupted(f"interrupted at step {self.step}/{self.total_steps}: {self.resume_hint()}",
-                              128 + (self.stop_signal or signal.SIGTERM))
+            self.stopper.stop()
 
     def save(self):
         """Checkpoint (LoRA merged) + args + metrics + resume state, all replacing --out in one rename,
@@ -382,63 +326,8 @@ class Run:
     def write_checkpoint(self):
         with atomic_directory(self.out) as staging:
             self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
-            (staging / "args.json").write_text(json.dumps(vars(self.args), indent=2) + "\n")
-            write_progress(staging, self.step, self.total_steps)
-            (staging / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
-            (staging / "resume").mkdir()
-            trainable = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
-            torch.save({"step": self.step, "trainable": trainable, "optimizer": self.optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       staging / "resume" / "state.pt")
+            write_state(self, staging)  # args.json, progress.json, metrics.jsonl, resume/
         self.write(f"saved {self.out} at step {self.step}")
-
-    def load_resume(self, resume_file: Path):
-        try:
-            state = torch.load(resume_file, map_location=self.device, weights_only=False)
-        except Exception as error:  # truncated, or not a torch file
-            raise TrainingError(f"{resume_file}: cannot read the resume state ({type(error).__name__})") from None
-        if not isinstance(state, dict) or not {"step", "trainable", "optimizer"} <= set(state):
-            raise TrainingError(f"{resume_file}: not a resume state written by this project")
-        parameters = dict(self.model.named_parameters())
-        for name, value in state["trainable"].items():
-            if name not in parameters or parameters[name].shape != value.shape:
-                raise TrainingError(f"{resume_file}: {name} does not fit this model (different --lora-rank?)")
-            with torch.no_grad():
-                parameters[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        random.setstate(state["python_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.step = state["step"]
-        metrics_file = self.out / "metrics.jsonl"
-        if metrics_file.exists():
-            try:
-                self.metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-            except ValueError:
-                raise TrainingError(f"{metrics_file}: corrupt training log") from None
-
-
-def write_progress(folder: Path, step: int, total_steps: int):
-    """progress.json: how far the run in `folder` got; study.py reads `finished`."""
-    (folder / "progress.json").write_text(json.dumps(
-        {"step": step, "total_steps": total_steps, "finished": step >= total_steps}) + "\n")
-
-
-def check_same_run(args, saved_file: Path):
-    """--resume: refuse flags that define another run than the one saved (see RESUMABLE_CHANGES)."""
-    try:
-        saved = json.loads(saved_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TrainingError(f"{saved_file}: cannot read the saved flags ({type(error).__name__})") from None
-    if not isinstance(saved, dict):
-        raise TrainingError(f"{saved_file}: not the flags of a run (a JSON object expected)")
-    changed = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in vars(args).items()
-               if name in saved and name not in RESUMABLE_CHANGES and saved[name] != value]
-    if changed:
-        raise TrainingError(f"--resume with other flags than {saved_file}: {', '.join(changed)}; "
-                            f"use the saved flags, or another --out for a new run")
 
 
 def format_number(value) -> str:

@@ -168,7 +168,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_checkpoint, monkeypatch):
     def impatient(self, *args):
         if self.step == 1:
             os.kill(os.getpid(), signal.SIGINT)
-            self.signalled_at -= 10  # the second Ctrl-C comes seconds later
+            self.stopper.signalled_at -= 10  # the second Ctrl-C comes seconds later
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, *args)
     monkeypatch.setattr(training.Run, "train_step", impatient)
