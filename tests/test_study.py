@@ -83,7 +83,9 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
     _, stderr = study.communicate(timeout=600)
     assert study.returncode == 130 and stderr.strip().splitlines()[-1] == (
         "study interrupted during 'train sft_stress': run the same command again to continue"), stderr[-2000:]
-    assert json.loads((ckpt / "sft_stress" / "progress.json").read_text())["step"] == 2  # saved where it stopped
+    # saved where it stopped: after step 1 if the signal beat step 1's stop check (the check follows the line we
+    # read by microseconds, and a busy CI machine can deschedule the trainer in between), else after step 2
+    assert json.loads((ckpt / "sft_stress" / "progress.json").read_text())["step"] in (1, 2)
     first = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "train sft_mild: done" in first.stdout and "--out " + str(ckpt / "sft_stress") + " --resume" in first.stdout
