@@ -3,16 +3,22 @@ The whole study in one command: base eval, mild and stress SFT, OPD from each SF
 and state drift of every run, and the report with the paper's Table 2 beside ours.
 
     python study.py --tiny                          # offline, CPU, a few minutes: every stage on a tiny model
+    python study.py --lab                           # the lab: a world and a base of our own, CPU, 20 minutes
     python study.py                                 # the real study: Qwen/Qwen3-0.6B-Base, one GPU
     python study.py --data-dir ../shared/data --seeds 0 1 2 --ablation
+
+--lab first writes a synthetic world (world.py) and pretrains a small Qwen3 on it (pretrain.py), then runs
+the same stages on them, with the presets below scaled to the lab, three seeds by default (docs/lab.md).
 
 Each stage is one command of this project, printed before it runs, so any stage can be re-run by hand.
 A stage is skipped when its output exists, was made by the same command (results/stages.json records
 them) and is newer than what it was made from: an interrupted study continues where it stopped (a training
 run that was cut resumes with --resume), a second run does no work, and a rerun with other flags redoes the
 stages they change (a trainer refuses, in one line, to resume a run with flags that define another run).
-Ctrl-C or SIGTERM stops the running stage at the end of its step, saved. Outputs: checkpoints in ckpt/<run> (ckpt/tiny_study/<run> with --tiny), results in
-results/<run>/{eval,drift}.json, the report in results/report.md with benchmarks.png and training_curves.png.
+Ctrl-C or SIGTERM stops the running stage at the end of its step, saved. Outputs: checkpoints in
+ckpt/<run> (ckpt/tiny_study/<run> with --tiny, ckpt/lab/worldN/<run> with --lab), results in
+results/<run>/{eval,drift}.json, the report in results/report.md with its plots, and the seconds each stage
+took in stage_seconds.json.
 """
 import argparse
 import json
@@ -38,25 +44,43 @@ TINY = {
     "drift": ["--prompts", "8", "--max-new-tokens", "32"],
 }
 
+# The lab's presets: the paper's relationships at the lab's scale (a 1M-parameter base pretrained at lr 2e-3,
+# hidden size 128, 1,000 training problems). Mild SFT: one epoch, a low learning rate, small adapters; stress
+# SFT: many epochs, ten times the learning rate, large adapters; RL and OPD: lightweight, a few dozen steps
+# at mild-like rates. Lab solutions are short, so rollouts stop at 96 new tokens.
+LAB = {
+    "sft_mild": ["--epochs", "1", "--lr", "3e-4", "--lora-rank", "4", "--lora-alpha", "8", "--heldout", "50",
+                 "--eval-every", "10"],
+    "sft_stress": ["--epochs", "5", "--lr", "3e-3", "--lora-rank", "32", "--lora-alpha", "64", "--heldout", "50",
+                   "--eval-every", "25"],
+    "opd": ["--steps", "30", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96"],
+    "rl": ["--steps", "40", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96",
+           "--eval-items", "64", "--eval-every", "10"],
+    "drift": ["--max-new-tokens", "96"],
+}
+
 
 def training_runs(args, seed: int) -> list:
     """(run name, script and flags) of the training runs of one seed, in the order they depend on each other."""
     suffix = "" if seed == 0 else f"_seed{seed}"
     common = ["--model", args.model, "--seed", str(seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    tiny = TINY if args.tiny else {}
     common_sampling = common + (["--compile"] if args.compile else [])
 
     def checkpoint(name):
         return str(args.ckpt_dir / (name + suffix))
-    runs = [("sft_mild", ["sft.py", "--preset", "mild", *common, *tiny.get("sft", [])]),
-            ("sft_stress", ["sft.py", "--preset", "stress", *common, *tiny.get("sft", [])]),
+
+    def scaled(name, script):  # the --tiny or --lab flags of a run (its own, else its script's)
+        return args.scale.get(name, args.scale.get(script, []))
+    runs = [("sft_mild", ["sft.py", "--preset", "mild", *common, *scaled("sft_mild", "sft")]),
+            ("sft_stress", ["sft.py", "--preset", "stress", *common, *scaled("sft_stress", "sft")]),
             ("opd_sft_stress", ["opd.py", "--teacher", checkpoint("sft_stress"), *common_sampling,
-                                *tiny.get("opd", [])]),
-            ("opd_sft_mild", ["opd.py", "--teacher", checkpoint("sft_mild"), *common_sampling, *tiny.get("opd", [])]),
-            ("rl", ["rl.py", *common_sampling, *tiny.get("rl", [])])]
+                                *scaled("opd_sft_stress", "opd")]),
+            ("opd_sft_mild", ["opd.py", "--teacher", checkpoint("sft_mild"), *common_sampling,
+                              *scaled("opd_sft_mild", "opd")]),
+            ("rl", ["rl.py", *common_sampling, *scaled("rl", "rl")])]
     if args.ablation:  # the one-step full-vocabulary KL the paper reports collapsing
         runs.append(("opd_sft_stress_full_kl", ["opd.py", "--teacher", checkpoint("sft_stress"), "--mode", "full_kl",
-                                                *common_sampling, *tiny.get("opd", [])]))
+                                                *common_sampling, *scaled("opd_sft_stress_full_kl", "opd")]))
     return [(name + suffix, command + ["--out", checkpoint(name)]) for name, command in runs]
 
 
@@ -80,9 +104,17 @@ def stages(args) -> list:
     evals = [*data, "--shots", str(args.shots), "--dtype", "float32"] + (["--limit", str(args.limit)] if args.limit else [])
     evals += ["--compile"] if args.compile else []
     results = args.results_dir
-    base = [Path(args.model) / "config.json"] if Path(args.model).is_dir() or args.tiny else []
-    todo = [Stage("evaluate the base model", results / "base" / "eval.json",
-                  ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")], base)]
+    base = [Path(args.model) / "config.json"] if Path(args.model).is_dir() or args.tiny or args.lab else []
+    todo = []
+    if args.lab:  # the world, then the base model pretrained on it
+        world = Path(args.data_dir) / "world.json"
+        todo += [Stage("write the lab world", world, ["world.py", "--world-seed", str(args.world_seed), "--out",
+                                                      args.data_dir]),
+                 Stage("pretrain the lab's base model", Path(args.model) / "progress.json",
+                       ["pretrain.py", "--world", args.data_dir, "--out", args.model], [world])]
+        base = [Path(args.model) / "progress.json"]
+    todo.append(Stage("evaluate the base model", results / "base" / "eval.json",
+                      ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")], base))
     runs = [run for seed in args.seeds for run in training_runs(args, seed)]
     for name, command in runs:
         teacher = command[command.index("--teacher") + 1] if "--teacher" in command else None
@@ -94,7 +126,7 @@ def stages(args) -> list:
                           ["-m", "evals", checkpoint, *evals, "--out", str(results / name / "eval.json")], trained))
         todo.append(Stage(f"state drift of {name}", results / name / "drift.json",
                           ["-m", "evals.drift", "--base", args.model, "--model", checkpoint, *data, "--shots",
-                           str(args.shots), "--dtype", "float32", *(TINY["drift"] if args.tiny else []), "--out",
+                           str(args.shots), "--dtype", "float32", *args.scale.get("drift", []), "--out",
                            str(results / name / "drift.json")], base + trained))
     folders = [results / "base"] + [results / name for name, _ in runs]
     todo.append(Stage("report", results / "report.md", ["-m", "evals.report", *map(str, folders), "--out",
@@ -158,24 +190,39 @@ def run_stage(stage: Stage, environment: dict) -> int:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
     parser.add_argument("--model", help=f"the base model (default {DEFAULT_MODEL}; with --tiny, a tiny random one)")
     parser.add_argument("--data-dir", help="local data (default: the hub; with --tiny, data/tiny)")
     parser.add_argument("--limit", type=int, help="evaluate N items per task (default: all; 8 with --tiny)")
     parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars in evals and drift")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeat the training runs per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", help="repeat the training runs per seed (default 0; "
+                                                                  "--lab: 0 1 2)")
     parser.add_argument("--ablation", action="store_true", help="add OPD with the one-step full-vocabulary KL")
     parser.add_argument("--compile", action="store_true", help="compile the decode step in rl, opd, GSM8K evals (GPU)")
     parser.add_argument("--tiny", action="store_true", help="the whole pipeline on a tiny random model, offline")
-    parser.add_argument("--ckpt-dir", type=Path, help="where checkpoints go (default ckpt, or ckpt/tiny_study)")
-    parser.add_argument("--results-dir", type=Path, help="where results go (default results, or results/tiny_study)")
+    parser.add_argument("--lab", action="store_true", help="the study in a world and on a base model of our own")
+    parser.add_argument("--world-seed", type=int, default=0, help="--lab: the world to generate")
+    parser.add_argument("--ckpt-dir", type=Path, help="where checkpoints go (default ckpt, ckpt/tiny_study, "
+                                                      "ckpt/lab/worldN)")
+    parser.add_argument("--results-dir", type=Path, help="where results go (default results, results/tiny_study, "
+                                                         "results/lab/worldN)")
     args = parser.parse_args(argv)
-    place = "tiny_study" if args.tiny else ""
+    args.seeds_given, args.seeds = args.seeds is not None, args.seeds or [0]
+    if args.tiny and args.lab:
+        parser.error("--tiny and --lab are two different studies: choose one")
+    if args.lab and (args.model or args.data_dir):
+        parser.error("--lab makes its own world and base model (in --ckpt-dir): leave out --model and --data-dir")
+    place = "tiny_study" if args.tiny else f"lab/world{args.world_seed}" if args.lab else ""
     args.ckpt_dir = args.ckpt_dir or Path("ckpt") / place
     args.results_dir = args.results_dir or Path("results") / place
+    args.scale = TINY if args.tiny else LAB if args.lab else {}
     if args.tiny:
         args.model = args.model or str(args.ckpt_dir / "base")
         args.data_dir = args.data_dir or str(TINY_DATA)
         args.limit = args.limit or 8
+    if args.lab:
+        args.model, args.data_dir = str(args.ckpt_dir / "base"), str(args.ckpt_dir / "world")
+        args.seeds = args.seeds if args.seeds_given else [0, 1, 2]
     args.model = args.model or DEFAULT_MODEL
     return args
 
@@ -204,7 +251,9 @@ def main(argv=None) -> int:
                   f"remove {stage.output.parent} to train it again", file=sys.stderr)
             return 1
         print(f"[{number}/{len(plan)}] {stage.description}", flush=True)
+        stage_started = time.perf_counter()
         code = run_stage(stage, environment)
+        seconds = time.perf_counter() - stage_started
         if code > 128:
             print(f"study interrupted during '{stage.description}': run the same command again to continue",
                   file=sys.stderr)
@@ -216,6 +265,10 @@ def main(argv=None) -> int:
         recorded[str(stage.output)] = stage.command
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps(recorded, indent=1) + "\n")
+        print(f"[{number}/{len(plan)}] {stage.description}: {seconds:.0f} s", flush=True)
+        times = args.results_dir / "stage_seconds.json"  # the last run of each stage: the study's cost, stage by stage
+        timed = json.loads(times.read_text()) if times.exists() else {}
+        times.write_text(json.dumps({**timed, stage.description: round(seconds, 1)}, indent=1) + "\n")
     print(f"study finished in {time.perf_counter() - started:.0f} s: {args.results_dir / 'report.md'}")
     return 0
 

@@ -1,0 +1,164 @@
+"""
+Pretrain a small Qwen3 from scratch on a lab world's corpus (world.py): the lab's base model.
+
+    python world.py --world-seed 0 --out ckpt/lab/world0
+    python pretrain.py --world ckpt/lab/world0 --out ckpt/lab/base0      # about 8 minutes on 2 CPU cores
+    python -m evals ckpt/lab/base0 --data-dir ckpt/lab/world0
+
+Why it exists: the paper's lesson is about whose states a model is trained on, and a base model's own
+states come from pretraining. Here that is visible: the corpus solves word problems in one style
+("12 * 6 = 72. 72 + 23 = 95. The answer is 95."), so that is what this base writes, while SFT's gold
+solutions (the world's gsm8k/train.jsonl) are written in GSM8K's style, states the base never visits.
+
+Full training (no LoRA) with training.py's Run: AdamW, warmup + cosine decay, clipping, atomic save. The
+corpus is tokenized once, documents joined by <|endoftext|>, cut into fixed-length sequences, and every
+token carries the loss. Run starts from a checkpoint directory, so the random initial model is written
+first (with the world's tokenizer) into a folder beside --out. Ctrl-C saves; --resume continues.
+"""
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import training
+from checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
+from evals import check_world_tokenizer
+from model import Config, Qwen3
+from world import EOT
+
+# The lab's base (our choice, sized on world seed 0 before any post-training ran): 0.92M parameters (the flags'
+# defaults), the 4.2M-token corpus seen twice, 1016 steps of 32 x 256 tokens: 518 s at 17-18k tokens/s on 2 CPU
+# cores. On world 0 it scores GSM8K 0.59 (flexible; strict 0: it never writes '####'), MMLU 0.61 (chance 0.25)
+# and TruthfulQA MC1 0.97: the retention tasks are learned, the main task half done.
+PRESET = dict(lr=2e-3, warmup_steps=50, lora_rank=0)
+
+# -----------------------------------------------------------------------------
+# Data: the corpus as fixed-length sequences of tokens, the loss on every token
+
+
+def corpus_sequences(world: Path, tokenizer, length: int) -> torch.Tensor:
+    """The world's documents, each after an end-of-text token, as one token stream cut into rows of
+    `length` + 1 tokens (inputs are the first `length`, targets the last `length`): (N, length + 1)."""
+    documents = (world / "corpus.txt").read_text(encoding="utf-8").split(EOT)
+    eos = tokenizer.token_to_id(EOT)
+    pieces = []
+    for start in range(0, len(documents), 1000):  # in chunks: a tokenizers Encoding holds much more than its ids
+        for encoding in tokenizer.encode_batch(documents[start:start + 1000], add_special_tokens=False):
+            pieces.append(torch.tensor([eos] + encoding.ids, dtype=torch.int32))
+    stream = torch.cat(pieces)
+    rows = len(stream) // (length + 1)
+    return stream[:rows * (length + 1)].view(rows, length + 1)
+
+
+# -----------------------------------------------------------------------------
+# The random initial checkpoint
+
+
+def write_initial_checkpoint(directory: Path, world: Path, args) -> Config:
+    """A random Qwen3 sized by the flags, with the world's tokenizer, in HF layout (Run loads it)."""
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(str(world / "tokenizer.json"))
+    eos = tokenizer.token_to_id(EOT)
+    config = Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=args.hidden_size,
+                    intermediate_size=args.intermediate_size, num_hidden_layers=args.layers,
+                    num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
+                    rope_theta=10000.0, tie_word_embeddings=True, max_position_embeddings=args.context,
+                    bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(args.seed)
+    model = Qwen3(config)
+    for name, parameter in model.named_parameters():
+        if not name.endswith("norm.weight"):  # norms start at one
+            nn.init.normal_(parameter, std=0.02)
+    with atomic_directory(directory) as staging:
+        model.write_checkpoint(staging)
+        tokenizer.save(str(staging / "tokenizer.json"))
+    return config
+
+
+def finished(out: Path) -> bool:
+    """Whether `out` holds a base whose run finished (training.Run writes progress.json with each save)."""
+    try:
+        return json.loads((out / "progress.json").read_text())["finished"] is True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
+    parser.add_argument("--world", required=True, help="a lab world folder written by world.py")
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--intermediate-size", type=int, default=384)
+    parser.add_argument("--context", type=int, default=512, help="max_position_embeddings of the model")
+    parser.add_argument("--sequence-length", type=int, default=256, help="tokens per training sequence")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step")
+    parser.add_argument("--epochs", type=float, default=2.0, help="passes over the corpus")
+    training.add_arguments(parser, out="ckpt/lab/base0")
+    args = parser.parse_args(argv)
+    training.apply_preset(args, PRESET)
+    world, out = Path(args.world), Path(args.out)
+    try:
+        marker = json.loads((world / "world.json").read_text())
+    except (OSError, ValueError):
+        marker = {}
+    if not isinstance(marker, dict) or "lab_world" not in marker:
+        raise ValueError(f"--world {world}: not a lab world (no world.json with lab_world; see world.py)")
+    if args.model != DEFAULT_MODEL:
+        raise ValueError("--model: pretraining starts from random weights, sized by --hidden-size, --layers, ...")
+    training.check_at_least(args, 1, "hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate_size",
+                            "context", "sequence_length", "batch_size")
+    if args.heads % args.kv_heads or not 0 < args.epochs < math.inf:
+        raise ValueError(f"--heads must be a multiple of --kv-heads and --epochs positive, got {args.heads}, "
+                         f"{args.kv_heads} and {args.epochs}")
+    if args.lora_rank:
+        raise ValueError("pretraining trains every weight: --lora-rank must be 0")
+    if args.sequence_length > args.context:
+        raise ValueError(f"--sequence-length {args.sequence_length} exceeds --context {args.context}")
+
+    from tokenizers import Tokenizer
+    sequences = corpus_sequences(world, Tokenizer.from_file(str(world / "tokenizer.json")), args.sequence_length)
+    args.batch_size = min(args.batch_size, len(sequences))
+    total_steps = math.floor(args.epochs * (len(sequences) // args.batch_size))
+    total_steps = min(total_steps, args.max_steps or total_steps)
+    if total_steps < 1:
+        raise ValueError(f"no training steps: {len(sequences)} sequences, batch size {args.batch_size}")
+    if (out / "tokenizer.json").is_file():  # a base of another world must not be resumed or kept for this one
+        check_world_tokenizer(world, load_tokenizer(out))
+    if finished(out) and not args.resume:
+        print(f"{out} already holds a finished base; nothing to do")
+        return
+
+    # Run starts from a checkpoint: the random initial model, at a fixed path beside --out so that --resume
+    # names the same --model; every save copies its tokenizer, so it stays until the run is over.
+    initial = out.parent / f".{out.name}.initial"
+    config = write_initial_checkpoint(initial, world, args)
+    args.model = str(initial)
+    try:
+        with training.Run(args, total_steps) as run:
+            parameters = sum(p.numel() for p in run.model.parameters())
+            run.write(f"pretrain: {parameters / 1e6:.2f}M parameters, vocabulary {config.vocab_size}, "
+                      f"{len(sequences)} sequences of {args.sequence_length} tokens "
+                      f"({len(sequences) * args.sequence_length / 1e6:.2f}M tokens), {total_steps} steps of "
+                      f"{args.batch_size} sequences, lr {args.lr}, threads {torch.get_num_threads()}")
+            while run.step < total_steps:
+                chosen = training.examples_of_step(run.step, len(sequences), args.batch_size, args.seed)
+                # the first token is the state, every later one a target: the model's own next-token loss
+                rows = [training.sequence(state=sequences[i][:1].tolist(), targets=sequences[i][1:].tolist())
+                        for i in chosen]
+                batches = training.make_batches(rows, args.micro_batch_tokens, run.device)
+                run.log(run.train_step(batches, lambda batch: -training.target_logprobs(run.model, batch)))
+            run.save()
+    finally:
+        shutil.rmtree(initial, ignore_errors=True)
+
+if __name__ == "__main__":
+    training.run_main(main)

@@ -1,0 +1,246 @@
+"""The lab: world.py writes a --data-dir the unchanged loaders and graders read, deterministically from its seed,
+with test items kept out of the corpus; pretrain.py turns it into an ordinary HF checkpoint."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import pretrain
+import world
+from evals import gsm8k, mmlu, truthfulqa
+from model import Qwen3
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(train=20, test=10, mmlu_test=6, truthfulqa=8, corpus_problems=60, fact_docs=40, practice_blocks=60,
+             qa_docs=20, myth_docs=40, vocab_size=400)
+SMALL_FLAGS = [flag for name, value in SMALL.items() for flag in ("--" + name.replace("_", "-"), str(value))]
+
+
+@pytest.fixture(scope="module")
+def lab_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lab") / "world"
+    world.main(["--world-seed", "3", "--out", str(out), *SMALL_FLAGS])
+    return out
+
+
+def files_of(folder: Path) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def run_script(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+# -----------------------------------------------------------------------------
+# The files, read by the unchanged loaders and graders
+
+
+def test_gsm8k_gold_answers_score_one_and_wrong_numbers_zero(lab_world):
+    test, train = gsm8k.load("test", lab_world), gsm8k.load("train", lab_world)
+    assert (len(test), len(train)) == (SMALL["test"], SMALL["train"])
+    for item in test + train:
+        assert "<<" in item["answer"] and "\n" in item["answer"]  # GSM8K's own style: calculator steps, lines
+        assert gsm8k.score(item["answer"], item["answer"]) == {"strict": 1, "flexible": 1}
+        number = int(item["answer"].rsplit("#### ", 1)[1])
+        base_style = f"{number - 1} + 1 = {number}. The answer is {number}."
+        assert gsm8k.score(base_style, item["answer"]) == {"strict": 0, "flexible": 1}
+        assert gsm8k.score(f"#### {number + 1}", item["answer"]) == {"strict": 0, "flexible": 0}
+
+
+def test_corpus_solutions_are_in_the_base_style(lab_world):
+    corpus = (lab_world / "corpus.txt").read_text()
+    problems = [document for document in corpus.split(world.EOT) if document.startswith("Question: ")]
+    assert problems and not any("<<" in document or "####" in document for document in problems)
+    assert all(document.rstrip().endswith(".") and "The answer is " in document for document in problems)
+
+
+def fake_scorer(favoured):
+    """evals.score stand-in: log-likelihood 0 for the (context, continuation) pairs `favoured` picks, else -10."""
+    def score(model, requests, batch_size=16):
+        tokenizer = score.tokenizer
+        return [[0.0 if favoured(tokenizer.decode(context), tokenizer.decode(continuation)) else -10.0]
+                for context, continuation in requests]
+    return score
+
+
+def test_mmlu_loads_and_its_argmax_grades(lab_world, monkeypatch):
+    test, dev = mmlu.load("test", lab_world), mmlu.load("dev", lab_world)
+    assert set(test) == set(dev) == set(world.SUBJECTS)
+    assert all(len(items) == SMALL["mmlu_test"] for items in test.values()) and all(len(d) == 5 for d in dev.values())
+    gold = {mmlu.prompt(subject, item).rstrip(): " " + mmlu.LETTERS[item["answer"]]
+            for subject, items in test.items() for item in items}
+    tokenizer = world_tokenizer(lab_world)
+    fake_model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    for favoured, expected in ((lambda c, x: gold[c] == x, 1.0), (lambda c, x: gold[c] != x, 0.0)):
+        score = fake_scorer(favoured)
+        score.tokenizer = tokenizer
+        monkeypatch.setattr(mmlu, "score", score)
+        result = mmlu.evaluate(fake_model, tokenizer, test, dev, progress=False)
+        assert result["summary"]["accuracy"] == expected
+
+
+def test_truthfulqa_loads_and_mc1_mc2_grade(lab_world):
+    items = truthfulqa.load(lab_world)
+    assert len(items) == SMALL["truthfulqa"]
+    corpus = (lab_world / "corpus.txt").read_text()
+    for item in items:
+        mc1, mc2 = item["mc1_targets"], item["mc2_targets"]
+        assert mc1["labels"][0] == 1 and mc1["labels"].count(1) == 1 and 0 in mc2["labels"] and 1 in mc2["labels"]
+        lengths = [len(choice) for choice in mc1["choices"]]
+        assert max(lengths) - min(lengths) <= 15  # summed log-likelihoods: similar lengths, no length bias
+        truth, wrong = [0.0] + [-9.0] * (len(mc1["labels"]) - 1), [-9.0, 0.0] + [-9.0] * (len(mc1["labels"]) - 2)
+        assert truthfulqa.mc1(truth, mc1["labels"]) == 1 and truthfulqa.mc1(wrong, mc1["labels"]) == 0
+        favour_true = [0.0 if label else -20.0 for label in mc2["labels"]]
+        favour_false = [-20.0 if label else 0.0 for label in mc2["labels"]]
+        assert truthfulqa.mc2(favour_true, mc2["labels"]) > 0.99 and truthfulqa.mc2(favour_false, mc2["labels"]) < 0.01
+        assert f"Q: {item['question']}\nA: {mc1['choices'][0]}" in corpus  # the truth, paired with the question
+        for myth in mc1["choices"][1:]:  # the misconceptions occur too, but only as myths, never as the answer
+            claim = myth[0].lower() + myth[1:-1]
+            assert claim in corpus and f"A: {myth}" not in corpus
+
+
+def world_tokenizer(folder: Path):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+
+def test_tokenizer_splits_digits_and_round_trips(lab_world):
+    tokenizer = world_tokenizer(lab_world)
+    text = "Answer: 123 + 45 = 168. The answer is 168.\nQ: Über?"
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(encoding.ids) == text
+    assert [token for token in encoding.tokens if any(c.isdigit() for c in token)] == list("12345168168")
+    assert tokenizer.token_to_id(world.EOT) is not None
+
+# -----------------------------------------------------------------------------
+# Determinism, disjointness, refusals
+
+
+def test_same_seed_same_world_byte_for_byte_other_seed_differs(lab_world, tmp_path):
+    world.main(["--world-seed", "3", "--out", str(tmp_path / "again"), *SMALL_FLAGS])
+    world.main(["--world-seed", "4", "--out", str(tmp_path / "other"), *SMALL_FLAGS])
+    assert files_of(tmp_path / "again") == files_of(lab_world)
+    other = files_of(tmp_path / "other")
+    assert other.keys() == files_of(lab_world).keys()
+    assert all(other[name] != content for name, content in files_of(lab_world).items())
+
+
+def test_test_items_stay_out_of_the_corpus_and_splits_are_disjoint(lab_world):
+    corpus = (lab_world / "corpus.txt").read_text()
+    test, train = gsm8k.load("test", lab_world), gsm8k.load("train", lab_world)
+    assert not {item["question"] for item in test} & {item["question"] for item in train}
+    assert not any(item["question"] in corpus for item in test + train)
+    for subject, items in mmlu.load("test", lab_world).items():
+        for item in items:  # the fact is practised, but never with this item's options in this order
+            assert mmlu.question_text(item).removesuffix("\nAnswer:") not in corpus
+
+
+def test_an_existing_world_is_kept_and_another_refused(lab_world, tmp_path, capsys):
+    world.main(["--world-seed", "3", "--out", str(lab_world), *SMALL_FLAGS])
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="^error: .*another world"):
+        world.main(["--world-seed", "5", "--out", str(lab_world), *SMALL_FLAGS])
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="^error: .*not a lab world"):
+        world.main(["--world-seed", "3", "--out", str(tmp_path / "stuff")])
+
+
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
+    result = run_script("world.py", "--world-seed", "zero", "--out", str(tmp_path / "w"))
+    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "data").mkdir()
+    result = run_script("pretrain.py", "--world", str(tmp_path / "data"), "--out", str(tmp_path / "base"))
+    assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and "not a lab world" in result.stderr
+    assert not (tmp_path / "base").exists()
+
+# -----------------------------------------------------------------------------
+# Pretraining
+
+
+def test_pretrain_smoke_run_writes_a_loadable_checkpoint(lab_world, tmp_path, capsys):
+    out = tmp_path / "base"
+    flags = ["--world", str(lab_world), "--out", str(out), "--hidden-size", "32", "--layers", "1",
+             "--intermediate-size", "64", "--head-dim", "16", "--sequence-length", "32", "--batch-size", "4",
+             "--max-steps", "2", "--device", "cpu"]
+    pretrain.main(flags)
+    model = Qwen3.from_pretrained(out, device="cpu")
+    assert model.config.vocab_size == world_tokenizer(lab_world).get_vocab_size()
+    tokenizer_bytes = (out / "tokenizer.json").read_bytes()  # the world's, as world.json's checksum says
+    assert tokenizer_bytes == (lab_world / "tokenizer.json").read_bytes()
+    marker = json.loads((lab_world / "world.json").read_text())
+    assert marker["lab_world"] == world.FORMAT_VERSION and marker["world_seed"] == 3
+    assert marker["counts"]["tokenizer_sha256"] == hashlib.sha256(tokenizer_bytes).hexdigest()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # the initial model is gone
+    pretrain.main(flags)
+    assert "already holds a finished base" in capsys.readouterr().out
+
+# -----------------------------------------------------------------------------
+# The pipeline: the unchanged trainers, evals and drift on a lab world and a base pretrained on it
+
+
+@pytest.fixture(scope="module")
+def lab_base(lab_world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lab_base") / "base"
+    pretrain.main(["--world", str(lab_world), "--out", str(out), "--hidden-size", "32", "--layers", "1",
+                   "--intermediate-size", "64", "--head-dim", "16", "--sequence-length", "32", "--batch-size", "4",
+                   "--max-steps", "2", "--device", "cpu"])
+    return out
+
+
+def test_the_study_runs_on_a_lab_world(lab_world, lab_base, tmp_path):
+    """sft, rl and opd train from the lab base on the world's data; evals and drift read the results (study.py
+    --lab chains these same commands, with more steps)."""
+    import opd
+    import rl
+    import sft
+    from evals import __main__ as evaluate, drift
+    data, base = ["--data-dir", str(lab_world)], ["--model", str(lab_base)]
+    sft.main([*base, *data, "--out", str(tmp_path / "sft"), "--max-steps", "1", "--batch-size", "4", "--heldout", "2",
+              "--lora-rank", "4", "--lora-alpha", "8"])
+    rl.main([*base, *data, "--out", str(tmp_path / "rl"), "--steps", "1", "--prompts-per-step", "2", "--group-size",
+             "2", "--max-new-tokens", "8", "--eval-items", "2", "--lora-rank", "4", "--lora-alpha", "8"])
+    opd.main([*base, *data, "--teacher", str(tmp_path / "sft"), "--out", str(tmp_path / "opd"), "--steps", "1",
+              "--prompts-per-step", "2", "--max-new-tokens", "8", "--continuation-tokens", "4", "--lora-rank", "4",
+              "--lora-alpha", "8"])
+    for run in ("sft", "rl", "opd"):
+        assert json.loads((tmp_path / run / "progress.json").read_text())["finished"] is True
+    assert evaluate.main([str(tmp_path / "opd"), *data, "--limit", "2", "--out", str(tmp_path / "eval.json")]) == 0
+    summary = json.loads((tmp_path / "eval.json").read_text())["summary"]
+    assert set(summary) == {"gsm8k", "truthfulqa", "mmlu"} and summary["mmlu"]["items"] == 2
+    assert drift.main(["--base", str(lab_base), "--model", str(tmp_path / "rl"), *data, "--prompts", "2",
+                       "--max-new-tokens", "8", "--out", str(tmp_path / "drift.json")]) == 0
+    assert json.loads((tmp_path / "drift.json").read_text())["distances"]["forward_kl"] >= 0
+
+
+def test_a_model_with_another_tokenizer_is_refused_on_a_lab_world(lab_world, lab_base, tiny_checkpoint, tmp_path,
+                                                                  capsys):
+    import sft
+    from evals import __main__ as evaluate
+    assert evaluate.main([str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "e.json")]) == 1
+    assert capsys.readouterr().err.strip().endswith("is a lab world, and the model's tokenizer is not the world's "
+                                                    "(a base pretrained on another world?)")
+    with pytest.raises(ValueError, match="is a lab world"):
+        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "sft")])
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "e.json").exists()
+    other = tmp_path / "other_world"
+    world.main(["--world-seed", "4", "--out", str(other), *SMALL_FLAGS])
+    before = files_of(lab_base)
+    with pytest.raises(ValueError, match="is a lab world"):  # a base of world 3 is not resumed on world 4
+        pretrain.main(["--world", str(other), "--out", str(lab_base), "--resume"])
+    assert files_of(lab_base) == before
+
+
+def test_study_lab_flags_are_checked_in_one_line(tmp_path):
+    for flags, message in ((["--world-seed", "zero"], "error: argument --world-seed: invalid int value: 'zero'"),
+                           (["--tiny"], "error: --tiny and --lab are two different studies: choose one"),
+                           (["--data-dir", "data"], "error: --lab makes its own world and base model")):
+        result = run_script("study.py", "--lab", *flags, "--ckpt-dir", str(tmp_path / "c"), "--results-dir",
+                            str(tmp_path / "r"))
+        assert result.returncode != 0 and result.stderr.strip().startswith(message), result.stderr
+        assert result.stderr.strip().count("\n") == 0 and not list(tmp_path.iterdir())
