@@ -1,9 +1,9 @@
 """
 Pretrain a small Qwen3 from scratch on a lab world's corpus (world.py): the lab's base model.
 
-    python world.py --world-seed 0 --out ckpt/lab/world0
-    python pretrain.py --world ckpt/lab/world0 --out ckpt/lab/base0      # about 8 minutes on 2 CPU cores
-    python -m evals ckpt/lab/base0 --data-dir ckpt/lab/world0
+    python world.py --world-seed 0 --out ckpt/lab/world0/world
+    python pretrain.py --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 9 minutes on 2 CPU cores
+    python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
 
 Why it exists: the paper's lesson is about whose states a model is trained on, and a base model's own
 states come from pretraining. Here that is visible: the corpus solves word problems in one style
@@ -27,8 +27,9 @@ import torch.nn as nn
 
 import training
 from checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
-from evals import check_world_tokenizer
+from evals import check_data_tokenizer
 from model import Config, Qwen3
+from resume import check_output, check_same_run
 from world import EOT
 
 # The lab's base (our choice, sized on world seed 0 before any post-training ran): 0.92M parameters (the flags'
@@ -59,10 +60,8 @@ def corpus_sequences(world: Path, tokenizer, length: int) -> torch.Tensor:
 # The random initial checkpoint
 
 
-def write_initial_checkpoint(directory: Path, world: Path, args) -> Config:
+def write_initial_checkpoint(directory: Path, tokenizer, args) -> Config:
     """A random Qwen3 sized by the flags, with the world's tokenizer, in HF layout (Run loads it)."""
-    from tokenizers import Tokenizer
-    tokenizer = Tokenizer.from_file(str(world / "tokenizer.json"))
     eos = tokenizer.token_to_id(EOT)
     config = Config(vocab_size=tokenizer.get_vocab_size(), hidden_size=args.hidden_size,
                     intermediate_size=args.intermediate_size, num_hidden_layers=args.layers,
@@ -102,7 +101,7 @@ def main(argv=None):
     parser.add_argument("--sequence-length", type=int, default=256, help="tokens per training sequence")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step")
     parser.add_argument("--epochs", type=float, default=2.0, help="passes over the corpus")
-    training.add_arguments(parser, out="ckpt/lab/base0")
+    training.add_arguments(parser, out="ckpt/lab/world0/base")
     args = parser.parse_args(argv)
     training.apply_preset(args, PRESET)
     world, out = Path(args.world), Path(args.out)
@@ -124,24 +123,30 @@ def main(argv=None):
     if args.sequence_length > args.context:
         raise ValueError(f"--sequence-length {args.sequence_length} exceeds --context {args.context}")
 
-    from tokenizers import Tokenizer
-    sequences = corpus_sequences(world, Tokenizer.from_file(str(world / "tokenizer.json")), args.sequence_length)
-    args.batch_size = min(args.batch_size, len(sequences))
+    if args.data_dir or args.limit:
+        raise ValueError("--data-dir and --limit are the trainers' flags: pretraining reads --world's corpus.txt")
+    world_tokenizer = load_tokenizer(world)  # a world folder holds its tokenizer.json as a checkpoint does
+    # Run starts from a checkpoint: the random initial model, at a fixed path beside --out so that --resume
+    # names the same --model; every save copies its tokenizer, so it stays until the run is over.
+    initial = out.parent / f".{out.name}.initial"
+    args.model = str(initial)
+    if (out / "tokenizer.json").is_file():  # a base of another world must not be resumed or kept for this one
+        check_data_tokenizer(world, load_tokenizer(out))
+    if finished(out) and not args.resume:
+        check_same_run(args, out / "args.json")  # the same flags made it, or one line says which differ
+        print(f"{out} already holds a finished base; nothing to do")
+        return
+    check_output(args)  # --out writable, not another run: before any work
+
+    sequences = corpus_sequences(world, world_tokenizer, args.sequence_length)
+    if len(sequences) < args.batch_size:
+        raise ValueError(f"{world / 'corpus.txt'}: {len(sequences)} sequences of {args.sequence_length + 1} tokens, "
+                         f"fewer than one step's --batch-size {args.batch_size}")
     total_steps = math.floor(args.epochs * (len(sequences) // args.batch_size))
     total_steps = min(total_steps, args.max_steps or total_steps)
     if total_steps < 1:
         raise ValueError(f"no training steps: {len(sequences)} sequences, batch size {args.batch_size}")
-    if (out / "tokenizer.json").is_file():  # a base of another world must not be resumed or kept for this one
-        check_world_tokenizer(world, load_tokenizer(out))
-    if finished(out) and not args.resume:
-        print(f"{out} already holds a finished base; nothing to do")
-        return
-
-    # Run starts from a checkpoint: the random initial model, at a fixed path beside --out so that --resume
-    # names the same --model; every save copies its tokenizer, so it stays until the run is over.
-    initial = out.parent / f".{out.name}.initial"
-    config = write_initial_checkpoint(initial, world, args)
-    args.model = str(initial)
+    config = write_initial_checkpoint(initial, world_tokenizer, args)
     try:
         with training.Run(args, total_steps) as run:
             parameters = sum(p.numel() for p in run.model.parameters())
@@ -159,6 +164,7 @@ def main(argv=None):
             run.save()
     finally:
         shutil.rmtree(initial, ignore_errors=True)
+
 
 if __name__ == "__main__":
     training.run_main(main)

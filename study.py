@@ -57,6 +57,7 @@ LAB = {
     "rl": ["--steps", "40", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96",
            "--eval-items", "64", "--eval-every", "10"],
     "drift": ["--max-new-tokens", "96"],
+    "world": [], "pretrain": [],  # world.py's and pretrain.py's own defaults are the lab's (tests shrink them)
 }
 
 
@@ -109,9 +110,10 @@ def stages(args) -> list:
     if args.lab:  # the world, then the base model pretrained on it
         world = Path(args.data_dir) / "world.json"
         todo += [Stage("write the lab world", world, ["world.py", "--world-seed", str(args.world_seed), "--out",
-                                                      args.data_dir]),
+                                                      args.data_dir, *args.scale.get("world", [])]),
                  Stage("pretrain the lab's base model", Path(args.model) / "progress.json",
-                       ["pretrain.py", "--world", args.data_dir, "--out", args.model], [world])]
+                       ["pretrain.py", "--world", args.data_dir, "--out", args.model,
+                        *args.scale.get("pretrain", [])], [world])]
         base = [Path(args.model) / "progress.json"]
     todo.append(Stage("evaluate the base model", results / "base" / "eval.json",
                       ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")], base))
@@ -201,7 +203,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="compile the decode step in rl, opd, GSM8K evals (GPU)")
     parser.add_argument("--tiny", action="store_true", help="the whole pipeline on a tiny random model, offline")
     parser.add_argument("--lab", action="store_true", help="the study in a world and on a base model of our own")
-    parser.add_argument("--world-seed", type=int, default=0, help="--lab: the world to generate")
+    parser.add_argument("--world-seed", type=int, help="--lab: the world to generate (default 0)")
     parser.add_argument("--ckpt-dir", type=Path, help="where checkpoints go (default ckpt, ckpt/tiny_study, "
                                                       "ckpt/lab/worldN)")
     parser.add_argument("--results-dir", type=Path, help="where results go (default results, results/tiny_study, "
@@ -210,6 +212,9 @@ def parse_args(argv=None):
     args.seeds_given, args.seeds = args.seeds is not None, args.seeds or [0]
     if args.tiny and args.lab:
         parser.error("--tiny and --lab are two different studies: choose one")
+    if args.world_seed is not None and not args.lab:
+        parser.error("--world-seed chooses the lab's world: it needs --lab")
+    args.world_seed = args.world_seed or 0
     if args.lab and (args.model or args.data_dir):
         parser.error("--lab makes its own world and base model (in --ckpt-dir): leave out --model and --data-dir")
     place = "tiny_study" if args.tiny else f"lab/world{args.world_seed}" if args.lab else ""
@@ -266,9 +271,11 @@ def main(argv=None) -> int:
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps(recorded, indent=1) + "\n")
         print(f"[{number}/{len(plan)}] {stage.description}: {seconds:.0f} s", flush=True)
-        times = args.results_dir / "stage_seconds.json"  # the last run of each stage: the study's cost, stage by stage
+        times = args.results_dir / "stage_seconds.json"  # the run that finished each stage (not one cut before it)
         timed = json.loads(times.read_text()) if times.exists() else {}
-        times.write_text(json.dumps({**timed, stage.description: round(seconds, 1)}, indent=1) + "\n")
+        staged = times.with_suffix(".partial")
+        staged.write_text(json.dumps({**timed, stage.description: round(seconds, 1)}, indent=1) + "\n")
+        staged.replace(times)
     print(f"study finished in {time.perf_counter() - started:.0f} s: {args.results_dir / 'report.md'}")
     return 0
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from checkpoint import DEFAULT_MODEL, CheckpointError, atomic_directory, load_tokenizer
 from distributed import all_sum, barrier, is_main, setup_distributed, world_size
-from evals import check_world_tokenizer
+from evals import check_data_tokenizer
 from model import DTYPES, Qwen3, add_lora, default_dtype, token_logprobs
 from resume import Interrupted, StopOnSignal, TrainingError, check_output, read_state, write_state
 from sample import generate
@@ -194,7 +194,7 @@ class Run:
         dtype = self.compute_dtype if args.lora_rank else torch.float32
         self.model = Qwen3.from_pretrained(args.model, device=self.device, dtype=dtype)
         self.tokenizer = load_tokenizer(self.model)
-        check_world_tokenizer(args.data_dir, self.tokenizer)
+        check_data_tokenizer(args.data_dir, self.tokenizer)
         if args.lora_rank:
             self.parameters = add_lora(self.model, args.lora_rank, args.lora_alpha, args.lora_dropout)
         else:

@@ -2,13 +2,15 @@
 The lab's world: a small synthetic world, generated from a seed, in which a Qwen3 that we pretrain
 ourselves on a CPU (pretrain.py) has a main skill to improve and other skills to lose.
 
-    python world.py --world-seed 0 --out ckpt/lab/world0      # a few seconds
-    python pretrain.py --world ckpt/lab/world0 --out ckpt/lab/base0
-    python -m evals ckpt/lab/base0 --data-dir ckpt/lab/world0
+    python world.py --world-seed 0 --out ckpt/lab/world0/world      # 3 seconds
+    python pretrain.py --world ckpt/lab/world0/world --out ckpt/lab/world0/base
+    python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
+
+(`python study.py --lab` runs these and the whole study.)
 
 The output is a --data-dir in the real benchmarks' own file formats (gsm8k/, mmlu/, truthfulqa/), plus the
 pretraining text (corpus.txt: documents joined by <|endoftext|>), its tokenizer (tokenizer.json) and
-world.json (the marker: format version, seed, settings, counts). No real benchmark text, except lm-eval's
+world.json (the marker: format version, seed, settings, the tokenizers version, counts). No real benchmark text, except lm-eval's
 six-pair TruthfulQA preamble, which begins some Q/A documents so that the eval's prompt is familiar.
 - GSM8K: 2-3 step word problems. The gold solutions (train/test "answer") are written as GSM8K's are:
   sentences with <<calculator>> annotations, one step per line, "#### N". The corpus teaches the skill on
@@ -21,8 +23,9 @@ six-pair TruthfulQA preamble, which begins some Q/A documents so that the eval's
   never learned to find the answer's letter); with one, it learns the lookup by kind, then uses the fact.
 - TruthfulQA: what happens if you do something to a made-up creature. The corpus pairs each question with
   the truth in Q/A documents and states the wrong choices only as myths ("Some people say that ..."),
-  some questions' myths 8 times as often as others': where a myth is told much more often than the truth,
-  the base prefers the myth (--qa-docs, --myth-docs set the balance).
+  some questions' myths 8 times as often as others' (--qa-docs, --myth-docs set the balance). Measured on
+  world 0, the base still picks the truth on 97% of the questions (perhaps because the myth documents call
+  them myths).
 """
 import argparse
 import csv
@@ -34,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from checkpoint import atomic_directory
+from checkpoint import CheckpointError, atomic_directory, check_writable
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
@@ -48,6 +51,12 @@ SETTINGS = dict(train=1000, test=200, mmlu_test=50, truthfulqa=100, corpus_probl
 
 # -----------------------------------------------------------------------------
 # GSM8K-like problems: (question, numbers drawn, steps); a step is (left, operator, right, result, gold line)
+
+def equal_shares(r) -> dict:
+    """Numbers for the sharing problem: the total is a multiple of the number of friends."""
+    friends, each = r.randint(2, 9), r.randint(2, 12)
+    return dict(a=friends * each, b=friends, c=r.randint(2, 25))
+
 
 PROBLEMS = [
     ("{A} has {a} {things}. {A} buys {b} more {things} and then gives {c} {things} to {B}. "
@@ -67,8 +76,7 @@ PROBLEMS = [
      [("a", "*", "b", "x", "In {b} days {A} collects {eq} {things}."),
       ("x", "+", "c", "y", "{A} has {eq} {things} in all.")]),
     ("{A} shares {a} {things} equally among {b} friends. Each friend then gets {c} more {things}. "
-     "How many {things} does each friend have?", lambda r: (lambda b, q: dict(a=b * q, b=b, c=r.randint(2, 25)))(
-         r.randint(2, 9), r.randint(2, 12)),
+     "How many {things} does each friend have?", equal_shares,
      [("a", "/", "b", "x", "Each friend first gets {eq} {things}."),
       ("x", "+", "c", "y", "Each friend has {eq} {things}.")]),
     ("{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
@@ -91,7 +99,7 @@ def word_problem(rng, people, things: str) -> dict | None:
     """One problem: question, gold answer (GSM8K style) and the corpus's solution (the base's style); None
     when a count in the story would not be positive."""
     question, draw, steps = rng.choice(PROBLEMS)
-    values = {**draw(rng), "2": 2}
+    values = {**draw(rng), "2": 2}  # a step may name the constant 2 ("twice as many")
     A, B = rng.sample(people, 2)
     gold, terse = [], []
     for left, operator, right, result, line in steps:
@@ -169,8 +177,9 @@ def build_facts(rng, entities: int) -> dict:
     for subject, (form, attributes) in SUBJECTS.items():
         entity_names = [form.format(w.capitalize() if subject in CAPITALIZED else w) for w in names(rng, entities)]
         facts[subject] = []
-        for question, sentences, values in attributes:
-            unique, values = values in ("towns", "people"), kinds[values] if isinstance(values, str) else values
+        for question, sentences, kind in attributes:  # a kind: a name in `kinds`, or a list of values
+            unique = kind in ("towns", "people")  # one town per country, one discoverer per element
+            values = kinds[kind] if isinstance(kind, str) else kind
             for index, entity in enumerate(entity_names):
                 v = values[index] if unique else rng.choice(values)
                 facts[subject].append({"question": question.format(e=entity), "answer": v, "values": values,
@@ -292,8 +301,9 @@ def generate(seed: int, counts: dict = SETTINGS) -> dict:
              "mmlu/test": counts["mmlu_test"] * len(SUBJECTS), "truthfulqa": counts["truthfulqa"],
              "corpus_documents": len(docs), "corpus_characters": len(files["corpus.txt"]),
              "tokenizer_sha256": hashlib.sha256(files["tokenizer.json"].encode()).hexdigest()}  # to check a base's
+    import tokenizers  # its BPE trainer makes the vocabulary: the world is a function of its version too
     files["world.json"] = json.dumps({"lab_world": FORMAT_VERSION, "world_seed": seed, "settings": counts,
-                                      "counts": sizes}, indent=1) + "\n"
+                                      "tokenizers": tokenizers.__version__, "counts": sizes}, indent=1) + "\n"
     return files
 
 
@@ -339,10 +349,16 @@ def main(argv=None):
         sys.exit("error: counts must be at least 0 (--train, --test, --mmlu-test, --truthfulqa: 1), "
                  "--vocab-size at least 300, --same-kind-distractors 1 to 3")
     out = Path(args.out)
+    try:
+        check_writable(out)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refuse to replace anything but this world
         try:
             old = json.loads((out / "world.json").read_text())
         except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
             sys.exit(f"error: {out} already exists and is not a lab world; choose another --out")
         if (old.get("lab_world"), old.get("world_seed"), old.get("settings")) != (FORMAT_VERSION, seed, counts):
             sys.exit(f"error: {out} already holds another world (seed {old.get('world_seed')}, other settings "

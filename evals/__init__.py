@@ -39,19 +39,19 @@ def data_file(data_dir, relative: str) -> Path:
     return path
 
 
-def check_world_tokenizer(data_dir, tokenizer):
-    """A lab world (world.py: benchmarks beside world.json and the tokenizer they were written for) is read
-    only by models that share its tokenizer: any other model's scores and losses would be noise."""
-    if data_dir is None or not (Path(data_dir) / "world.json").is_file():
+def check_data_tokenizer(data_dir, tokenizer):
+    """A --data-dir that holds a tokenizer.json (a lab world, written by world.py) holds the tokenizer its text
+    was written for; a model with another tokenizer would be trained or scored on noise, so refuse it."""
+    if data_dir is None or not (Path(data_dir) / "tokenizer.json").is_file():
         return
     from tokenizers import Tokenizer
     try:
-        vocabulary = Tokenizer.from_file(str(data_file(data_dir, "tokenizer.json"))).get_vocab()
+        vocabulary = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json")).get_vocab()
     except Exception as error:  # the tokenizers library raises its own exception types
         raise DataError(f"{Path(data_dir) / 'tokenizer.json'}: not a valid tokenizer ({error})") from None
     if vocabulary != tokenizer.get_vocab():
-        raise DataError(f"{data_dir} is a lab world, and the model's tokenizer is not the world's (a base "
-                        f"pretrained on another world?)")
+        raise DataError(f"{data_dir} holds the tokenizer its files were written for (tokenizer.json), and the "
+                        f"model's tokenizer is another")
 
 
 def hub_rows(repo_id: str, pattern: str) -> list:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import distributed
 from checkpoint import CheckpointError, check_writable, load_tokenizer
-from evals import DataError, check_world_tokenizer, gsm8k, mmlu, truthfulqa, write_atomically
+from evals import DataError, check_data_tokenizer, gsm8k, mmlu, truthfulqa, write_atomically
 from model import DTYPES, Qwen3
 
 TASKS = ("gsm8k", "truthfulqa", "mmlu")
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         device = distributed.setup_distributed()  # under torchrun: this rank's GPU; the graders split the batches
         model = Qwen3.from_pretrained(args.model, device=device, dtype=DTYPES.get(args.dtype))
         tokenizer = load_tokenizer(model)
-        check_world_tokenizer(args.data_dir, tokenizer)
+        check_data_tokenizer(args.data_dir, tokenizer)
         started = time.perf_counter()
         results = evaluate(args, tasks, data, model, tokenizer)
         out = out_path(args)

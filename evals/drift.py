@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from checkpoint import CheckpointError, check_writable, load_tokenizer
-from evals import DataError, check_world_tokenizer, gsm8k, score, write_atomically
+from evals import DataError, check_data_tokenizer, gsm8k, score, write_atomically
 from model import DTYPES, Qwen3
 from sample import generate
 
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         prompts = [gsm8k.prompt(item["question"], gsm8k.exemplars(train, args.shots, index))
                    for index, item in enumerate(test)]
         base, tokenizer, base_dtype = load(args.base, args)
-        check_world_tokenizer(args.data_dir, tokenizer)  # the model's is compared with the base's below
+        check_data_tokenizer(args.data_dir, tokenizer)  # the model's is compared with the base's below
         ids, base_completions, base_states = rollouts(base, tokenizer, prompts, args.seed, args)
         pairs = [(prompt, c.tokens) for prompt, c in zip(ids, base_completions) if c.tokens]  # the base's states
         base_logprobs = sequence_logprobs(base, pairs, args.batch_size)

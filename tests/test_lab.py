@@ -2,6 +2,7 @@
 with test items kept out of the corpus; pretrain.py turns it into an ordinary HF checkpoint."""
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pretrain
 import world
 from evals import gsm8k, mmlu, truthfulqa
 from model import Qwen3
+from resume import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(train=20, test=10, mmlu_test=6, truthfulqa=8, corpus_problems=60, fact_docs=40, practice_blocks=60,
@@ -162,60 +164,42 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
 # Pretraining
 
 
-def test_pretrain_smoke_run_writes_a_loadable_checkpoint(lab_world, tmp_path, capsys):
-    out = tmp_path / "base"
-    flags = ["--world", str(lab_world), "--out", str(out), "--hidden-size", "32", "--layers", "1",
-             "--intermediate-size", "64", "--head-dim", "16", "--sequence-length", "32", "--batch-size", "4",
-             "--max-steps", "2", "--device", "cpu"]
-    pretrain.main(flags)
-    model = Qwen3.from_pretrained(out, device="cpu")
-    assert model.config.vocab_size == world_tokenizer(lab_world).get_vocab_size()
-    tokenizer_bytes = (out / "tokenizer.json").read_bytes()  # the world's, as world.json's checksum says
-    assert tokenizer_bytes == (lab_world / "tokenizer.json").read_bytes()
-    marker = json.loads((lab_world / "world.json").read_text())
-    assert marker["lab_world"] == world.FORMAT_VERSION and marker["world_seed"] == 3
-    assert marker["counts"]["tokenizer_sha256"] == hashlib.sha256(tokenizer_bytes).hexdigest()
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # the initial model is gone
-    pretrain.main(flags)
-    assert "already holds a finished base" in capsys.readouterr().out
-
-# -----------------------------------------------------------------------------
-# The pipeline: the unchanged trainers, evals and drift on a lab world and a base pretrained on it
+PRETRAIN_SMALL = ["--hidden-size", "32", "--layers", "1", "--intermediate-size", "64", "--head-dim", "16",
+                  "--sequence-length", "32", "--batch-size", "4", "--max-steps", "2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def lab_base(lab_world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lab_base") / "base"
-    pretrain.main(["--world", str(lab_world), "--out", str(out), "--hidden-size", "32", "--layers", "1",
-                   "--intermediate-size", "64", "--head-dim", "16", "--sequence-length", "32", "--batch-size", "4",
-                   "--max-steps", "2", "--device", "cpu"])
+    pretrain.main(["--world", str(lab_world), "--out", str(out), *PRETRAIN_SMALL])
     return out
 
 
-def test_the_study_runs_on_a_lab_world(lab_world, lab_base, tmp_path):
-    """sft, rl and opd train from the lab base on the world's data; evals and drift read the results (study.py
-    --lab chains these same commands, with more steps)."""
-    import opd
-    import rl
-    import sft
-    from evals import __main__ as evaluate, drift
-    data, base = ["--data-dir", str(lab_world)], ["--model", str(lab_base)]
-    sft.main([*base, *data, "--out", str(tmp_path / "sft"), "--max-steps", "1", "--batch-size", "4", "--heldout", "2",
-              "--lora-rank", "4", "--lora-alpha", "8"])
-    rl.main([*base, *data, "--out", str(tmp_path / "rl"), "--steps", "1", "--prompts-per-step", "2", "--group-size",
-             "2", "--max-new-tokens", "8", "--eval-items", "2", "--lora-rank", "4", "--lora-alpha", "8"])
-    opd.main([*base, *data, "--teacher", str(tmp_path / "sft"), "--out", str(tmp_path / "opd"), "--steps", "1",
-              "--prompts-per-step", "2", "--max-new-tokens", "8", "--continuation-tokens", "4", "--lora-rank", "4",
-              "--lora-alpha", "8"])
-    for run in ("sft", "rl", "opd"):
-        assert json.loads((tmp_path / run / "progress.json").read_text())["finished"] is True
-    assert evaluate.main([str(tmp_path / "opd"), *data, "--limit", "2", "--out", str(tmp_path / "eval.json")]) == 0
-    summary = json.loads((tmp_path / "eval.json").read_text())["summary"]
-    assert set(summary) == {"gsm8k", "truthfulqa", "mmlu"} and summary["mmlu"]["items"] == 2
-    assert drift.main(["--base", str(lab_base), "--model", str(tmp_path / "rl"), *data, "--prompts", "2",
-                       "--max-new-tokens", "8", "--out", str(tmp_path / "drift.json")]) == 0
-    assert json.loads((tmp_path / "drift.json").read_text())["distances"]["forward_kl"] >= 0
+def test_pretraining_writes_a_checkpoint_with_the_worlds_tokenizer(lab_world, lab_base, capsys):
+    model = Qwen3.from_pretrained(lab_base, device="cpu")
+    assert model.config.vocab_size == world_tokenizer(lab_world).get_vocab_size()
+    tokenizer_bytes = (lab_base / "tokenizer.json").read_bytes()  # the world's, as world.json's checksum says
+    assert tokenizer_bytes == (lab_world / "tokenizer.json").read_bytes()
+    marker = json.loads((lab_world / "world.json").read_text())
+    assert marker["lab_world"] == world.FORMAT_VERSION and marker["world_seed"] == 3
+    assert marker["counts"]["tokenizer_sha256"] == hashlib.sha256(tokenizer_bytes).hexdigest()
+    assert [json.loads(line)["step"] for line in (lab_base / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not [path for path in lab_base.parent.iterdir() if path.name.startswith(".")]  # the initial model is gone
+    before = files_of(lab_base)
+    pretrain.main(["--world", str(lab_world), "--out", str(lab_base), *PRETRAIN_SMALL])  # the same flags: done
+    assert "already holds a finished base" in capsys.readouterr().out
+    with pytest.raises(TrainingError, match="--layers 2 \\(saved: 1\\)"):  # other flags: another base, refused
+        pretrain.main(["--world", str(lab_world), "--out", str(lab_base), *PRETRAIN_SMALL, "--layers", "2"])
+    assert files_of(lab_base) == before
+
+
+def test_the_world_does_not_depend_on_the_process(lab_world, tmp_path):
+    """Python's string hashing changes from process to process (set order); the world must not."""
+    for hash_seed in ("1", "2"):
+        subprocess.run([sys.executable, "world.py", "--world-seed", "3", "--out", str(tmp_path / hash_seed),
+                        *SMALL_FLAGS], cwd=ROOT, check=True, capture_output=True, env={**os.environ,
+                                                                                      "PYTHONHASHSEED": hash_seed})
+        assert files_of(tmp_path / hash_seed) == files_of(lab_world)
 
 
 def test_a_model_with_another_tokenizer_is_refused_on_a_lab_world(lab_world, lab_base, tiny_checkpoint, tmp_path,
@@ -223,17 +207,61 @@ def test_a_model_with_another_tokenizer_is_refused_on_a_lab_world(lab_world, lab
     import sft
     from evals import __main__ as evaluate
     assert evaluate.main([str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "e.json")]) == 1
-    assert capsys.readouterr().err.strip().endswith("is a lab world, and the model's tokenizer is not the world's "
-                                                    "(a base pretrained on another world?)")
-    with pytest.raises(ValueError, match="is a lab world"):
+    assert capsys.readouterr().err.strip().endswith("the model's tokenizer is another")
+    with pytest.raises(ValueError, match="the model's tokenizer is another"):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "sft")])
     assert not (tmp_path / "sft").exists() and not (tmp_path / "e.json").exists()
     other = tmp_path / "other_world"
     world.main(["--world-seed", "4", "--out", str(other), *SMALL_FLAGS])
     before = files_of(lab_base)
-    with pytest.raises(ValueError, match="is a lab world"):  # a base of world 3 is not resumed on world 4
+    with pytest.raises(ValueError, match="the model's tokenizer is another"):  # a base of world 3 is not world 4's
         pretrain.main(["--world", str(other), "--out", str(lab_base), "--resume"])
     assert files_of(lab_base) == before
+
+# -----------------------------------------------------------------------------
+# study.py --lab
+
+
+def test_study_lab_plans_world_base_and_three_seeds_with_the_lab_presets(tmp_path):
+    import study
+    args = study.parse_args(["--lab", "--ckpt-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r")])
+    plan = study.stages(args)
+    assert [stage.description for stage in plan[:3]] == ["write the lab world", "pretrain the lab's base model",
+                                                         "evaluate the base model"]
+    assert plan[0].command[:5] == ["world.py", "--world-seed", "0", "--out", str(tmp_path / "c" / "world")]
+    assert plan[1].inputs == [tmp_path / "c" / "world" / "world.json"]  # a new world retrains the base
+    trained = {stage.description.removeprefix("train ") for stage in plan if stage.description.startswith("train ")}
+    assert trained == {f"{run}{suffix}" for run in ("sft_mild", "sft_stress", "opd_sft_stress", "opd_sft_mild", "rl")
+                       for suffix in ("", "_seed1", "_seed2")}
+    commands = {stage.description: " ".join(stage.command) for stage in plan}
+    assert "--epochs 5 --lr 3e-3 --lora-rank 32" in commands["train sft_stress_seed2"]
+    assert "--model " + str(tmp_path / "c" / "base") in commands["train rl"]
+    assert "--data-dir " + str(tmp_path / "c" / "world") in commands["evaluate rl_seed1"]
+
+
+@pytest.mark.slow
+def test_study_lab_end_to_end_on_a_small_world(tmp_path, monkeypatch):
+    """`python study.py --lab` with the lab's counts shrunk: world, base, every stage, report; a second run does no
+    work. (The real lab is the same command with the presets in study.LAB: 20 minutes.)"""
+    import study
+    monkeypatch.setattr(study, "LAB", {
+        "world": SMALL_FLAGS, "pretrain": PRETRAIN_SMALL,
+        "sft": ["--max-steps", "1", "--batch-size", "4", "--heldout", "2", "--lora-rank", "4", "--lora-alpha", "8"],
+        "opd": ["--steps", "1", "--prompts-per-step", "2", "--max-new-tokens", "8", "--continuation-tokens", "4"],
+        "rl": ["--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
+               "--eval-items", "2"],
+        "drift": ["--prompts", "2", "--max-new-tokens", "8"]})
+    flags = ["--lab", "--seeds", "0", "--limit", "2", "--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir",
+             str(tmp_path / "results")]
+    assert study.main(flags) == 0
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "| opd_sft_stress | ours |" in report and "| rl | ours |" in report
+    assert json.loads((tmp_path / "ckpt" / "world" / "world.json").read_text())["world_seed"] == 0
+    seconds = json.loads((tmp_path / "results" / "stage_seconds.json").read_text())
+    assert len(seconds) == 19 and all(value > 0 for value in seconds.values())
+    outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    assert study.main(flags) == 0
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == outputs
 
 
 def test_study_lab_flags_are_checked_in_one_line(tmp_path):
@@ -244,3 +272,5 @@ def test_study_lab_flags_are_checked_in_one_line(tmp_path):
                             str(tmp_path / "r"))
         assert result.returncode != 0 and result.stderr.strip().startswith(message), result.stderr
         assert result.stderr.strip().count("\n") == 0 and not list(tmp_path.iterdir())
+    result = run_script("study.py", "--world-seed", "1", "--ckpt-dir", str(tmp_path / "c"))
+    assert result.returncode != 0 and result.stderr.strip() == "error: --world-seed chooses the lab's world: it needs --lab"
