@@ -251,6 +251,9 @@ def main(argv=None):
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     args = parser.parse_args(argv)
+    for name in ("n", "max_new_tokens"):  # refused before the model loads, in generate's words
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(args, name)}")
     model = Qwen3.from_pretrained(args.model)
     tokenizer = load_tokenizer(model)
     prompt = tokenizer.encode(args.prompt.replace("\\n", "\n")).ids
