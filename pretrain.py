@@ -16,7 +16,6 @@ token carries the loss. Run starts from a checkpoint directory, so the random in
 first (with the world's tokenizer) into a folder beside --out. Ctrl-C saves; --resume continues.
 """
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -29,8 +28,8 @@ import training
 from checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
 from evals import check_data_tokenizer
 from model import Config, Qwen3
-from resume import check_output, check_same_run
-from world import EOT
+from resume import check_output, check_same_run, finished
+from world import EOT, read_marker
 
 # The lab's base (our choice, sized on world seed 0 before any post-training ran): 0.92M parameters (the flags'
 # defaults), the 4.2M-token corpus seen twice, 1016 steps of 32 x 256 tokens: 518 s at 17-18k tokens/s on 2 CPU
@@ -79,14 +78,6 @@ def write_initial_checkpoint(directory: Path, tokenizer, args) -> Config:
     return config
 
 
-def finished(out: Path) -> bool:
-    """Whether `out` holds a base whose run finished (training.Run writes progress.json with each save)."""
-    try:
-        return json.loads((out / "progress.json").read_text())["finished"] is True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
@@ -105,11 +96,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     training.apply_preset(args, PRESET)
     world, out = Path(args.world), Path(args.out)
-    try:
-        marker = json.loads((world / "world.json").read_text())
-    except (OSError, ValueError):
-        marker = {}
-    if not isinstance(marker, dict) or "lab_world" not in marker:
+    if read_marker(world) is None:
         raise ValueError(f"--world {world}: not a lab world (no world.json with lab_world; see world.py)")
     if args.model != DEFAULT_MODEL:
         raise ValueError("--model: pretraining starts from random weights, sized by --hidden-size, --layers, ...")

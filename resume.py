@@ -94,9 +94,18 @@ def write_state(run, folder: Path):
 
 
 def write_progress(folder: Path, step: int, total_steps: int):
-    """progress.json: how far the run in `folder` got; study.py reads `finished`."""
+    """progress.json: how far the run in `folder` got; `finished` reads it."""
     (folder / "progress.json").write_text(json.dumps(
         {"step": step, "total_steps": total_steps, "finished": step >= total_steps}) + "\n")
+
+
+def finished(folder: Path) -> bool:
+    """Whether the run saved in `folder` ran all its steps. Unreadable: not finished (resuming it will say
+    what the folder holds)."""
+    try:
+        return json.loads((Path(folder) / "progress.json").read_text()).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_state(run, resume_file: Path):

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoint import DEFAULT_MODEL, recover_directory
+from evals import write_atomically
+from resume import finished
 
 ROOT = Path(__file__).resolve().parent
 TINY_DATA = ROOT / "data" / "tiny"
@@ -147,16 +149,9 @@ def is_done(stage: Stage, recorded: dict) -> bool:
     """Made by this very command, finished, and newer than everything it was made from."""
     if not stage.output.exists() or recorded.get(str(stage.output)) != stage.command:
         return False
-    if stage.trains and not finished(stage.output):
+    if stage.trains and not finished(stage.output.parent):
         return False
     return not changed_inputs(stage)
-
-
-def finished(progress: Path) -> bool:
-    try:
-        return json.loads(progress.read_text()).get("finished") is True
-    except (OSError, ValueError, AttributeError):  # unreadable: the trainer, resumed, will say what it holds
-        return False
 
 
 def command_to_run(stage: Stage) -> list:
@@ -209,7 +204,6 @@ def parse_args(argv=None):
     parser.add_argument("--results-dir", type=Path, help="where results go (default results, results/tiny_study, "
                                                          "results/lab/worldN)")
     args = parser.parse_args(argv)
-    args.seeds_given, args.seeds = args.seeds is not None, args.seeds or [0]
     if args.tiny and args.lab:
         parser.error("--tiny and --lab are two different studies: choose one")
     if args.world_seed is not None and not args.lab:
@@ -227,8 +221,8 @@ def parse_args(argv=None):
         args.limit = args.limit or 8
     if args.lab:
         args.model, args.data_dir = str(args.ckpt_dir / "base"), str(args.ckpt_dir / "world")
-        args.seeds = args.seeds if args.seeds_given else [0, 1, 2]
     args.model = args.model or DEFAULT_MODEL
+    args.seeds = args.seeds or ([0, 1, 2] if args.lab else [0])
     return args
 
 
@@ -273,9 +267,7 @@ def main(argv=None) -> int:
         print(f"[{number}/{len(plan)}] {stage.description}: {seconds:.0f} s", flush=True)
         times = args.results_dir / "stage_seconds.json"  # the run that finished each stage (not one cut before it)
         timed = json.loads(times.read_text()) if times.exists() else {}
-        staged = times.with_suffix(".partial")
-        staged.write_text(json.dumps({**timed, stage.description: round(seconds, 1)}, indent=1) + "\n")
-        staged.replace(times)
+        write_atomically(times, {**timed, stage.description: round(seconds, 1)})
     print(f"study finished in {time.perf_counter() - started:.0f} s: {args.results_dir / 'report.md'}")
     return 0
 

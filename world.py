@@ -331,6 +331,15 @@ def write_world(files: dict, out: Path):
             (staging / relative).write_text(text, encoding="utf-8")
 
 
+def read_marker(folder: Path) -> dict | None:
+    """world.json of the lab world in `folder`, or None when `folder` holds none."""
+    try:
+        marker = json.loads((Path(folder) / "world.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and "lab_world" in marker else None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
@@ -354,11 +363,8 @@ def main(argv=None):
     except CheckpointError as error:
         sys.exit(f"error: {error}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refuse to replace anything but this world
-        try:
-            old = json.loads((out / "world.json").read_text())
-        except (OSError, ValueError):
-            old = None
-        if not isinstance(old, dict):
+        old = read_marker(out)
+        if old is None:
             sys.exit(f"error: {out} already exists and is not a lab world; choose another --out")
         if (old.get("lab_world"), old.get("world_seed"), old.get("settings")) != (FORMAT_VERSION, seed, counts):
             sys.exit(f"error: {out} already holds another world (seed {old.get('world_seed')}, other settings "

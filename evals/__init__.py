@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from checkpoint import load_tokenizer
 from distributed import gather, shard
 from model import token_logprobs
 
@@ -44,12 +45,7 @@ def check_data_tokenizer(data_dir, tokenizer):
     was written for; a model with another tokenizer would be trained or scored on noise, so refuse it."""
     if data_dir is None or not (Path(data_dir) / "tokenizer.json").is_file():
         return
-    from tokenizers import Tokenizer
-    try:
-        vocabulary = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json")).get_vocab()
-    except Exception as error:  # the tokenizers library raises its own exception types
-        raise DataError(f"{Path(data_dir) / 'tokenizer.json'}: not a valid tokenizer ({error})") from None
-    if vocabulary != tokenizer.get_vocab():
+    if load_tokenizer(Path(data_dir)).get_vocab() != tokenizer.get_vocab():
         raise DataError(f"{data_dir} holds the tokenizer its files were written for (tokenizer.json), and the "
                         f"model's tokenizer is another")
 
