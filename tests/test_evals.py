@@ -134,6 +134,15 @@ def test_mmlu_prompt_for_a_made_up_subject():
         "Which reed floats best?\nA. Cane\nB. Willow\nC. Rush\nD. Iron\nAnswer:")
 
 
+def test_mmlu_csv_answer_letters_map_to_choice_indices(tmp_path):
+    """The original layout's answer letter A-D is the index 0-3 of the choice it names, row by row."""
+    rows = "".join(f'Question {i}?,first {i},second {i},third {i},fourth {i},{"ABCD"[i]}\n' for i in range(4))
+    write(tmp_path / "mmlu" / "test" / "botany_test.csv", rows)
+    items = mmlu.load("test", tmp_path)["botany"]
+    assert [item["answer"] for item in items] == [0, 1, 2, 3]
+    assert [item["choices"][item["answer"]] for item in items] == ["first 0", "second 1", "third 2", "fourth 3"]
+
+
 def test_mmlu_limit_is_round_robin_over_subjects():
     test = {"algebra": [{}, {}], "botany": [{}, {}, {}], "chemistry": [{}]}
     assert mmlu.choose(test, 4) == [("algebra", 0), ("algebra", 1), ("botany", 0), ("chemistry", 0)]

@@ -241,3 +241,39 @@ def test_tiny_refuses_an_existing_directory(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == f"error: {tmp_path} already exists: remove it or " \
                                                                 "choose another directory"
+
+
+def test_lora_forward_is_the_base_plus_alpha_over_rank_times_the_adapter_product():
+    """Adapters set to known non-zero values: the forward is x W^T + (alpha / r) x A^T B^T, computed here directly
+    (merged and unmerged outputs agree at any scale, so only this pins the scale)."""
+    from model import Linear
+    torch.manual_seed(0)
+    layer = Linear(6, 5)
+    layer.add_lora(rank=2, alpha=8.0, dropout=0.0)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.randn(2, 6))
+        layer.lora_B.copy_(torch.randn(5, 2))
+    x = torch.randn(3, 6)
+    W, A, B = layer.weight.detach(), layer.lora_A.detach(), layer.lora_B.detach()
+    expected = x @ W.T + (8.0 / 2) * (x @ A.T @ B.T)
+    assert (x @ A.T @ B.T).abs().max() > 0.5  # the adapter's part is large enough to tell scales apart
+    with torch.no_grad():
+        assert (layer(x) - expected).abs().max() <= 1e-5
+        assert (x @ layer.merged_weight().T - expected).abs().max() <= 1e-5
+
+
+def test_rmsnorm_equals_a_direct_computation():
+    """x / sqrt(mean(x^2) + eps) * weight in float64, with an eps large against mean(x^2), so that an eps moved
+    past the square root (or dropped) misses by far more than the tolerance."""
+    from model import RMSNorm
+    torch.manual_seed(0)
+    norm = RMSNorm(8, eps=0.5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = 0.3 * torch.randn(4, 8)
+    x64 = x.double()
+    expected = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 0.5) * norm.weight.detach().double()
+    with torch.no_grad():
+        assert (norm(x).double() - expected).abs().max() <= 1e-6
+    wrong = x64 / (torch.sqrt(x64.pow(2).mean(-1, keepdim=True)) + 0.5) * norm.weight.detach().double()
+    assert (wrong - expected).abs().max() > 1e-2  # the margin the check has over that mistake

@@ -93,6 +93,26 @@ def test_seeded_samples_do_not_depend_on_the_batch(lively):
     assert [c.tokens for c in other_seed] != [c.tokens for c in batched]
 
 
+def test_two_prompts_under_one_seed_draw_different_random_streams(lively, monkeypatch):
+    """The stream is seeded by the seed and the prompt's tokens: two prompts get different uniforms (a seed that
+    ignored the prompt would pass the batch-independence test above with one stream for every prompt)."""
+    import sample
+    model, tokenizer = lively
+    drawn = []
+    real = sample.choose_tokens
+    monkeypatch.setattr(sample, "choose_tokens", lambda logits, uniforms, *rest: drawn.append(uniforms.clone())
+                        or real(logits, uniforms, *rest))
+    first, second = prompts_of(tokenizer)[:2]
+    generate(model, [first, second], max_new_tokens=4, temperature=1.0, seed=7, eos_token_id=-1)
+    streams = torch.stack(drawn, dim=1)  # (rows, steps)
+    assert not torch.equal(streams[0], streams[1])
+    drawn.clear()
+    generate(model, [first, first], max_new_tokens=4, temperature=1.0, seed=7, eos_token_id=-1)
+    again = torch.stack(drawn, dim=1)
+    assert torch.equal(again[0], again[1])  # the same prompt, the same stream
+    assert any(torch.equal(again[0], row) for row in streams)  # (rows are ordered by prompt length)
+
+
 def test_top_k_and_top_p_keep_the_right_tokens():
     probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
     kept, ids = filter_probabilities(probs.clone(), top_k=2, top_p=1.0)

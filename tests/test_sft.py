@@ -277,3 +277,23 @@ def test_real_vocabulary_size_on_a_small_model(tmp_path, data_dir):
                      "--max-steps", "2", "--batch-size", "8", "--limit", "400", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert Qwen3.from_pretrained(tmp_path / "out").config.vocab_size == 151936
+
+
+def test_the_optimizer_receives_the_clipped_gradient_and_the_log_the_unclipped_norm(tmp_path, tiny_checkpoint,
+                                                                                      monkeypatch):
+    """--grad-clip 0.001 on a loss whose gradient norm is far above it: at optimizer.step the gradient's norm is
+    0.001, and metrics.jsonl logs the norm before clipping."""
+    norms = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        gradients = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gradients])).item())
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    data = write_gsm8k(tmp_path / "data", ITEMS)
+    sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
+              "--max-steps", "1", "--batch-size", "4", "--heldout", "0", "--grad-clip", "0.001"])
+    logged = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["grad_norm"] > 0.01  # the unclipped norm, ten times the clip at least
+    assert norms == [pytest.approx(0.001, rel=1e-3)]

@@ -249,3 +249,20 @@ def test_report_over_seeds_and_the_drift_forgetting_correlation(tmp_path):
     # the forward KL ranks rl 0, 1, 2, stress 0, 1, 2: rank differences 0, 0, 0, 2, 0, 2 give 1 - 6 * 8 / 210
     assert "MMD drift -1.00, forward KL 0.77" in text
     assert (tmp_path / "drift_vs_forgetting.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_forgetting_and_retention_leave_gsm8k_out(tmp_path):
+    """Runs that have GSM8K scores too: forgetting and retention are the paper's averages over TruthfulQA and MMLU
+    only; a GSM8K change (here a large one) must not enter them."""
+    from evals import report
+    protocol = {"shots": 0, "limit": None, "data": "x", "device": "cpu", "dtype": "float32"}
+    for name, gsm8k, truthfulqa, mmlu in [("base", 0.2, 0.5, 0.8), ("rl", 0.9, 0.4, 0.6)]:
+        summary = {"gsm8k": {"flexible": gsm8k, "flexible_stderr": 0.01},
+                   "truthfulqa": {"mc1": truthfulqa, "mc1_stderr": 0.01},
+                   "mmlu": {"accuracy": mmlu, "accuracy_stderr": 0.01}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"model": name, "protocol": protocol, "summary": summary}))
+    base, run = report.read_run(tmp_path / "base"), report.read_run(tmp_path / "rl")
+    row = report.measures(run, base)
+    assert row["forgetting"] == pytest.approx(((0.5 - 0.4) + (0.8 - 0.6)) / 2)
+    assert row["retention"] == pytest.approx((0.4 / 0.5 + 0.6 / 0.8) / 2)
