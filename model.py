@@ -1,13 +1,17 @@
 """
-Qwen3 (the dense family, 0.6B to 32B) in one file: the architecture, LoRA, the log-probabilities of chosen
-tokens, and loading and saving Hugging Face checkpoints (whose files and config.json checkpoint.py reads).
+Qwen3 (the dense family, 0.6B to 32B) in one file: the architecture, the KV cache its attention writes into,
+LoRA, the log-probabilities of chosen tokens, the dtype rule, and loading and saving Hugging Face checkpoints
+(config.json and safetensors, read and written here).
 
     model = Qwen3.from_pretrained("Qwen/Qwen3-0.6B-Base")     # or a local directory
     logits = model(input_ids)                                # (B, T) -> (B, T, V)
 
 Parameter names are Hugging Face's (model.layers.N.self_attn.q_proj.weight, ...), so loading a
-checkpoint is a name-for-name copy and what we save loads in transformers.
+checkpoint is a name-for-name copy and what we save loads in transformers. Sections: the model (Config to
+Qwen3), Hugging Face files, the dtype rule, LoRA and log-probabilities. About 470 lines, over the 400 of its
+budget, because it holds every step of loading and saving (config.json, safetensors shards) in one place.
 """
+import dataclasses
 import math
 import shutil
 from contextlib import contextmanager
@@ -19,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from checkpoint import (DEFAULT_MODEL, TOKENIZER_FILES, atomic_directory, config_fields, config_json,
-                        load_safetensors, read_json, resolve_checkpoint, write_json, write_safetensors)
+from infrastructure.checkpoint import (DEFAULT_MODEL, TOKENIZER_FILES, CheckpointError, atomic_directory, read_json,
+                                       resolve_checkpoint, write_json)
 
 
 @dataclass
@@ -105,6 +109,30 @@ class Linear(nn.Linear):
         return weight + self.lora_scale * (self.lora_B.detach() @ self.lora_A.detach())
 
 
+class KVCache:
+    """The keys and values of the states read so far (sample.py), so that a new token costs one position's forward,
+    not the whole prefix's. Per layer, (B, kv_heads, max_len, head_dim) buffers allocated once, written in place."""
+    def __init__(self, keys: list, values: list):
+        self.keys, self.values = keys, values
+
+    @classmethod
+    def allocate(cls, model: "Qwen3", batch_size: int, max_len: int) -> "KVCache":
+        config, weight = model.config, model.model.embed_tokens.weight
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        keys = [torch.zeros(shape, device=weight.device, dtype=weight.dtype) for _ in range(config.num_hidden_layers)]
+        return cls(keys, [torch.zeros_like(k) for k in keys])
+
+    def update(self, layer: int, slots, k, v):
+        """Write k, v (B, kv_heads, T, head_dim) at `slots` (T,); return the layer's whole buffers."""
+        self.keys[layer].index_copy_(2, slots, k)
+        self.values[layer].index_copy_(2, slots, v)
+        return self.keys[layer], self.values[layer]
+
+    def view(self, rows: slice) -> "KVCache":
+        """The same memory, restricted to some rows."""
+        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
+
+
 class Attention(nn.Module):
     def __init__(self, config: Config, layer_index: int):
         super().__init__()
@@ -125,7 +153,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            # write this step's keys and values into the static cache, attend over the visible slots
+            # write this step's keys and values into the cache, then attend over its first S slots, the ones the
+            # mask (B, 1, T, S) covers: the slots written so far (or, for the compiled fixed-shape step, all)
             keys, values = cache.update(self.layer_index, slots, k, v)  # (B, KV, S_max, D)
             k, v = keys[:, :, :mask.shape[-1]], values[:, :, :mask.shape[-1]]  # (B, KV, S, D)
         if mask is None:
@@ -210,10 +239,10 @@ class Qwen3(nn.Module):
     def from_pretrained(cls, path_or_repo_id: str = DEFAULT_MODEL, device=None, dtype=None) -> "Qwen3":
         """Load a local HF-layout directory or a hub repo id, by default in the dtype it was saved in
         (see load_dtype): a float32 post-trained checkpoint is evaluated as it was trained."""
-        directory = resolve_checkpoint(path_or_repo_id)
+        directory = resolve_checkpoint(path_or_repo_id)  # a local directory, or downloaded from the hub
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         settings = read_json(directory / "config.json")
-        config = Config(**config_fields(settings, str(directory / "config.json")))
+        config = config_from_json(settings, str(directory / "config.json"))
         dtype = dtype or load_dtype(settings.get("torch_dtype") or settings.get("dtype"), device)
         with torch.device("meta"):  # no memory until the weights arrive; then they are allocated in `dtype`
             model = cls(config).to(dtype)
@@ -247,17 +276,131 @@ class Qwen3(nn.Module):
     def write_checkpoint(self, directory: Path, dtype=torch.float32, max_shard_bytes=5 * 2**30):
         """The files of an HF checkpoint into an existing directory (callers stage it; see atomic_directory)."""
         write_safetensors(self.exported_state_dict(dtype), directory, max_shard_bytes)
-        write_json(directory / "config.json", config_json(self.config, dtype))
+        write_json(directory / "config.json", config_to_json(self.config, dtype))
         for filename in TOKENIZER_FILES:
             if self.source is not None and (self.source / filename).exists():
                 shutil.copy(self.source / filename, directory / filename)
 
 
+# -----------------------------------------------------------------------------
+# Hugging Face files: config.json (read, refusing what this file does not implement, and written) and the
+# safetensors weights (one file, or shards with an index)
+
+
+def config_from_json(d: dict, source: str = "config.json") -> Config:
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    # transformers 4 writes rope_theta at top level (the real Qwen3 files), transformers 5 writes
+    # rope_parameters = {rope_theta, rope_type}; anything but plain RoPE is rope scaling.
+    rope = d.get("rope_parameters") or {}
+    unsupported = [
+        (d.get("model_type") != "qwen3", f"model_type {d.get('model_type')!r} (only dense 'qwen3' is implemented; no MoE)"),
+        (d.get("num_experts") or d.get("num_local_experts"), "mixture of experts"),
+        (d.get("use_sliding_window") or any(t != "full_attention" for t in d.get("layer_types") or []),
+         "sliding-window attention"),
+        (d.get("attention_bias"), "attention bias"), (d.get("hidden_act", "silu") != "silu", f"hidden_act {d.get('hidden_act')!r}"),
+        (d.get("rope_scaling") or rope.get("rope_type", "default") != "default", f"rope scaling {d.get('rope_scaling') or rope}")]
+    for refused, what in unsupported:
+        if refused:
+            raise CheckpointError(f"{source}: unsupported config: {what}")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        if key in d and d[key] is not None and not (type(d[key]) is int and d[key] > 0):
+            raise CheckpointError(f"{source}: {key} must be a positive integer, got {d[key]!r}")
+    try:
+        return Config(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+                      num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
+                      num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+                      head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+                      rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+                      rms_norm_eps=d.get("rms_norm_eps", 1e-6), tie_word_embeddings=d.get("tie_word_embeddings", False),
+                      max_position_embeddings=d.get("max_position_embeddings", 32768),
+                      bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+    except KeyError as key:
+        raise CheckpointError(f"{source}: missing key {key}") from None
+
+
+def config_to_json(config: Config, dtype: torch.dtype) -> dict:
+    """In the style of the published Qwen3 files (rope_theta at top level)."""
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **dataclasses.asdict(config),
+            "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "rope_scaling": None,
+            "use_sliding_window": False, "sliding_window": None, "torch_dtype": str(dtype).removeprefix("torch.")}
+
+
+def load_safetensors(parameters: dict, directory: Path, dtype: torch.dtype, skip=lambda name: False):
+    """Copy every tensor of the checkpoint into the parameter of the same name, checking shapes.
+
+    `parameters` maps HF names to tensors; tensors for which skip(name) is true are not read."""
+    from safetensors import safe_open
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_json(index).get("weight_map", {})
+    elif (directory / "model.safetensors").exists():
+        weight_map = None
+    else:
+        raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    missing = set(parameters)
+    for filename in files:
+        try:
+            with safe_open(directory / filename, framework="pt") as file:
+                for name in file.keys():
+                    if skip(name):
+                        continue
+                    if name not in parameters:
+                        raise CheckpointError(f"{directory / filename}: unexpected tensor {name}")
+                    tensor = file.get_tensor(name)
+                    if tensor.shape != parameters[name].shape:
+                        raise CheckpointError(f"{directory / filename}: {name} has shape {tuple(tensor.shape)}, "
+                                              f"expected {tuple(parameters[name].shape)}")
+                    if not torch.isfinite(tensor).all():  # a diverged run: its scores would be meaningless
+                        raise CheckpointError(f"{directory / filename}: {name} has NaN or infinite values")
+                    with torch.no_grad():
+                        parameters[name].copy_(tensor.to(dtype))
+                    missing.discard(name)
+        except CheckpointError:
+            raise
+        except Exception as error:  # truncated or corrupt file, or a shard that is not there
+            raise CheckpointError(f"{directory / filename}: cannot read safetensors ({error})") from None
+    if missing:
+        raise CheckpointError(f"{directory}: missing tensor {sorted(missing)[0]} ({len(missing)} missing)")
+
+
+def write_safetensors(tensors: dict, directory: Path, max_shard_bytes: int):
+    """One model.safetensors, or shards of at most `max_shard_bytes` and their index."""
+    from safetensors.torch import save_file
+    shards, size = [{}], 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name], size = tensor, size + nbytes
+    if len(shards) == 1:
+        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / filename, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, filename))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    write_json(directory / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+# -----------------------------------------------------------------------------
+# Dtypes: the one rule, which every script follows
+#   compute     bf16 autocast on a GPU that has bf16, float32 elsewhere (CPU, T4 and older cards): default_dtype;
+#   training    the weights being trained are float32: full fine-tuning keeps float32 master weights, LoRA
+#               adapters are float32 beside a frozen base held in the compute dtype;
+#   loading     a checkpoint loads in the dtype it was saved in (load_dtype), float32 on CPU; a --dtype flag
+#               overrides it;
+#   saving      merged weights in float32 by default (--save-dtype): bf16 would round a small update away.
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # the --*-dtype flags
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it, float32 elsewhere (CPU, T4 and older cards)."""
+    """The compute dtype: bf16 where the GPU has it, float32 elsewhere (CPU, T4 and older cards)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):  # T4: emulated, slow
         return torch.bfloat16
     return torch.float32

@@ -10,7 +10,7 @@ log p_t - log p_s); full_kl: the exact next-token KL at the student's states.
 
     python opd.py --teacher ckpt/sft_stress                 # -> ckpt/opd_sft_stress, student = base model
     python opd.py --teacher ckpt/sft_mild --mode reverse_kl # -> ckpt/opd_sft_mild_reverse_kl
-    python opd.py --teacher ckpt/tiny --student ckpt/tiny --data-dir ../shared/data --max-steps 3 --out ckpt/tiny_opd
+    python opd.py --teacher ckpt/tiny --student ckpt/tiny --data-dir ../shared/data --steps 3 --out ckpt/tiny_opd
     torchrun --nproc_per_node=8 opd.py --teacher ckpt/sft_stress --teacher-dtype bfloat16  # 8 GPUs
 
 Three modes:
@@ -26,7 +26,6 @@ Three modes:
     (--kl-direction reverse: sum p_s (log p_s - log p_t); forward: sum p_t (log p_t - log p_s)). The
     paper reports a one-step variant of this kind collapsing (GSM8K 0.040); it is here as the ablation.
 """
-import argparse
 import time
 from pathlib import Path
 
@@ -34,22 +33,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import distributed
 import training
-from evals import gsm8k, score
-from checkpoint import load_tokenizer
+from evals import continuation_logprobs, gsm8k
+from infrastructure import distributed
+from infrastructure.checkpoint import load_tokenizer
 from model import DTYPES, Qwen3
 from sample import generate
 
-PRESET = dict(lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
+PRESET = dict(steps=100, batch_size=16, samples_per_prompt=1, lr=5e-5, lora_rank=32, lora_alpha=64, warmup_steps=5,
+              heldout=64, eval_every=25)
 
 # -----------------------------------------------------------------------------
-# The teacher
+# The teacher, and the student's states
 
 
 def load_teacher(path: str, student: Qwen3, student_tokenizer, device, dtype=None) -> Qwen3:
-    """The frozen teacher (in `dtype`; default: the dtype it was saved in, float32 for our SFT checkpoints),
-    refused unless it shares the student's tokenizer and vocabulary size."""
+    """The frozen teacher (in `dtype`; default: the dtype it was saved in, model.py's rule), refused unless it
+    shares the student's tokenizer and vocabulary size."""
     teacher = Qwen3.from_pretrained(path, device=device, dtype=dtype).eval().requires_grad_(False)
     tokenizer = load_tokenizer(teacher)
     if teacher.config.vocab_size != student.config.vocab_size:
@@ -76,12 +76,13 @@ def before_stop(completion, tokenizer) -> list:
     return tokens[:keep]
 
 # -----------------------------------------------------------------------------
-# The three objectives: training sequences from student rollouts, and their losses
+# The signal of each mode: training sequences from the student's rollouts
 
 
-def continuation_sequences(run, teacher, prompts: list, rollouts: list, args) -> list:
+def continuation_sequences(run, teacher, prompts: list, rollouts: list) -> list:
     """Training sequences: a student state (prompt + the student's rollout up to a cut, K cuts per rollout) and,
     as targets, the L tokens the teacher writes from there."""
+    args = run.args
     # a state reached by several rollouts (the bare prompt, with --samples-per-prompt > 1) is taught once
     states = list(dict.fromkeys(tuple(prompt + rollout[:cut]) for prompt, rollout in zip(prompts, rollouts)
                                 for cut in cut_points(len(rollout), args.cuts)))
@@ -90,23 +91,19 @@ def continuation_sequences(run, teacher, prompts: list, rollouts: list, args) ->
                              temperature=args.teacher_temperature, stop=gsm8k.STOP, tokenizer=run.tokenizer,
                              seed=args.seed * 1_000_003 + run.step, batch_size=args.sample_batch_size,
                              compile=args.compile)
-    sequences = []
-    for state, continuation in zip(states, continuations):
-        taught = before_stop(continuation, run.tokenizer)
-        if taught:
-            sequences.append(training.sequence(state=state, targets=taught))
-    return sequences
+    taught = [before_stop(continuation, run.tokenizer) for continuation in continuations]
+    return [training.sequence(state=state, targets=tokens) for state, tokens in zip(states, taught) if tokens]
 
 
-def rollout_sequences(teacher, prompts: list, rollouts: list, args) -> list:
-    """Training sequences: the prompt as the state, the student's own rollout as the targets, each with the
-    teacher's log-probability of it (reverse_kl; full_kl computes the teacher's whole distribution itself)."""
+def teacher_logprob_sequences(teacher, prompts: list, rollouts: list, batch_size: int) -> list:
+    """reverse_kl: the prompt as the state, the student's own rollout as the targets, each token with the teacher's
+    log-probability of it."""
     pairs = [(prompt, rollout) for prompt, rollout in zip(prompts, rollouts) if rollout]
-    if args.mode == "full_kl":
-        return [training.sequence(state=prompt, targets=rollout) for prompt, rollout in pairs]
-    teacher_logprobs = score(teacher, pairs, batch_size=args.sample_batch_size)
-    return [training.sequence(state=prompt, targets=rollout, teacher_logprob=logprobs)
-            for (prompt, rollout), logprobs in zip(pairs, teacher_logprobs)]
+    logprobs = continuation_logprobs(teacher, pairs, batch_size=batch_size)
+    return training.rollout_sequences([p for p, _ in pairs], [r for _, r in pairs], teacher_logprob=logprobs)
+
+# -----------------------------------------------------------------------------
+# The loss of each mode
 
 
 def kl_per_state(student_logits, teacher_logits, direction: str):
@@ -131,93 +128,84 @@ def chunked_kl(run, teacher, batch, direction: str, chunk_size: int = 256):
     return torch.cat(pieces)
 
 
-def token_losses(run, batch, teacher, args, totals: dict):
-    """The per-target loss of the --mode (N,); `totals` collects the KL estimate's sum, for the log."""
-    if args.mode == "continuation":  # cross-entropy on the teacher's tokens
-        return -training.target_logprobs(run.model, batch)
-    if args.mode == "reverse_kl":  # policy gradient with advantage -(log p_s - log p_t) per token
+def token_losses(run, batch, frozen):
+    """The per-target loss of the --mode (N,), `frozen` being the teacher; reverse_kl and full_kl log the sum of
+    their KL estimate as `teacher_kl`."""
+    mode = run.args.mode
+    if mode == "continuation":  # cross-entropy on the teacher's tokens
+        return -training.target_logprobs(run.model, batch), {}
+    if mode == "reverse_kl":  # policy gradient with advantage -(log p_s - log p_t) per token
         logprobs = training.target_logprobs(run.model, batch)
         estimate = logprobs.detach() - batch.columns["teacher_logprob"]
-        totals["kl"] += estimate.sum().item()
-        return estimate * logprobs
-    kl = chunked_kl(run, teacher, batch, args.kl_direction)
-    totals["kl"] += kl.detach().sum().item()
-    return kl
+        return estimate * logprobs, {"teacher_kl": estimate.sum().item()}
+    kl = chunked_kl(run, frozen, batch, run.args.kl_direction)
+    return kl, {"teacher_kl": kl.detach().sum().item()}
 
 # -----------------------------------------------------------------------------
 # One step: student rollouts, teacher signal, update
 
 
-def opd_step(run, teacher, prompts: list, args) -> dict:
+def opd_step(run, prompts: list, frozen) -> dict:
     """Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
-    started = time.perf_counter()
+    args, started = run.args, time.perf_counter()
     rollouts = run.sample(prompts, n=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size,
                           compile=args.compile)
+    sampling_s = time.perf_counter() - started
     prompts = [prompt for prompt in prompts for _ in range(args.samples_per_prompt)]  # one per rollout
     rollouts = [before_stop(r, run.tokenizer) for r in rollouts]  # the student's tokens, stop text left out
     if args.mode == "continuation":
-        sequences = continuation_sequences(run, teacher, prompts, rollouts, args)
-    else:
-        sequences = rollout_sequences(teacher, prompts, rollouts, args)
-    sampling_s = time.perf_counter() - started
+        sequences = continuation_sequences(run, frozen, prompts, rollouts)
+    elif args.mode == "reverse_kl":
+        sequences = teacher_logprob_sequences(frozen, prompts, rollouts, args.sample_batch_size)
+    else:  # full_kl: the teacher's whole distribution is computed in the loss
+        sequences = training.rollout_sequences(prompts, rollouts)
+    teacher_s = time.perf_counter() - started - sampling_s
     batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-    totals = {"kl": 0.0}
-    update = run.train_step(batches, lambda batch: token_losses(run, batch, teacher, args, totals))
+    update = run.train_step(batches, token_losses, frozen, normaliser=training.target_count(batches))
     rollout_tokens, rollout_count = distributed.all_sum(sum(map(len, rollouts))), distributed.all_sum(len(rollouts))
-    stats = {**update, "completion_length": rollout_tokens / max(1, rollout_count),
-             "sampling_tokens_per_s": rollout_tokens / sampling_s, "sampling_s": sampling_s}
-    if args.mode != "continuation":
-        stats["teacher_kl"] = distributed.all_sum(totals["kl"]) / max(1, update["target_tokens"])
-    return stats
+    return {**update, "completion_length": rollout_tokens / max(1, rollout_count),
+            "sampling_tokens_per_s": rollout_tokens / sampling_s, "sampling_s": sampling_s, "teacher_s": teacher_s}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = training.parser(__doc__)
+    training.add_sampling_arguments(parser)
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (frozen)")
     parser.add_argument("--student", help="student checkpoint (default: --model, the base model)")
     parser.add_argument("--mode", choices=["continuation", "reverse_kl", "full_kl"], default="continuation")
     parser.add_argument("--kl-direction", choices=["reverse", "forward"], default="reverse", help="full_kl only")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--prompts-per-step", type=int, default=16)
-    parser.add_argument("--samples-per-prompt", type=int, default=1, help="student rollouts of each prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="length of student rollouts")
-    parser.add_argument("--temperature", type=float, default=1.0, help="student sampling temperature")
     parser.add_argument("--cuts", type=int, default=4, help="continuation: cut points K per rollout")
     parser.add_argument("--continuation-tokens", type=int, default=32, help="continuation: teacher tokens L")
     parser.add_argument("--teacher-temperature", type=float, default=0.0, help="continuation: 0 is greedy")
-    parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
-    parser.add_argument("--compile", action="store_true", help="compile the decode steps (CUDA graphs on a GPU)")
     parser.add_argument("--teacher-dtype", choices=DTYPES,
                         help="teacher weights (default: the dtype the teacher was saved in; float32 on CPU)")
-    training.add_arguments(parser, out=None)
-    args = training.apply_preset(parser.parse_args(argv), PRESET)
-    training.check_at_least(args, 1, "steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "cuts",
-                            "continuation_tokens", "sample_batch_size")
+    args = parser.parse_args(argv)
+    suffix = "" if args.mode == "continuation" else f"_{args.mode}"
+    args = training.finish_args(args, PRESET, out=f"ckpt/opd_{Path(args.teacher.rstrip('/')).name}{suffix}")
+    training.check_at_least(args, 1, "samples_per_prompt", "max_new_tokens", "cuts", "continuation_tokens",
+                            "sample_batch_size")
     training.check_at_least(args, 0, "temperature", "teacher_temperature")
     if args.mode == "reverse_kl" and args.temperature != 1:  # the advantage needs the log-probs of the sampler
         raise ValueError(f"--temperature {args.temperature}: reverse_kl samples at temperature 1, the student it trains")
     args.model = args.student or args.model
-    if args.out is None:
-        suffix = "" if args.mode == "continuation" else f"_{args.mode}"
-        args.out = f"ckpt/opd_{Path(args.teacher.rstrip('/')).name}{suffix}"
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    total_steps = min(args.steps, args.max_steps or args.steps)
-    items = gsm8k.load("train", args.data_dir)[:args.limit]
-    with training.Run(args, total_steps) as run:
-        teacher = load_teacher(args.teacher, run.model, run.tokenizer, run.device,
-                               DTYPES.get(args.teacher_dtype))
-        run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {total_steps} steps of "
-                  f"{args.prompts_per_step} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
-        while run.step < total_steps:
-            chosen = distributed.shard(training.examples_of_step(run.step, len(items), args.prompts_per_step,
-                                                                 args.seed))
-            prompts = [run.tokenizer.encode(gsm8k.prompt(items[i]["question"])).ids for i in chosen]
-            run.log(opd_step(run, teacher, prompts, args))
+    train_items, heldout = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
+                                                  args.seed)
+    with training.Run(args, training.total_steps(args, len(train_items))) as run:
+        train = training.prompts(run.tokenizer, train_items)
+        frozen = load_teacher(args.teacher, run.model, run.tokenizer, run.device, DTYPES.get(args.teacher_dtype))
+        run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {run.total_steps} steps of "
+                  f"{args.batch_size} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
+        while run.step < run.total_steps:
+            stats = opd_step(run, run.examples_of_step(train), frozen)
+            if heldout and run.evaluation_due():
+                stats["heldout_accuracy"] = training.heldout_accuracy(run, heldout)
+            run.log(stats)
         run.save()
 
 

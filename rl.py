@@ -8,12 +8,12 @@ same grader the evaluation uses.
 Per-token loss: -A log p(own token | own state), A = the reward minus its group's mean reward.
 
     python rl.py                                    # -> ckpt/rl, from Qwen/Qwen3-0.6B-Base, LoRA
-    python rl.py --model ckpt/tiny --data-dir ../shared/data --max-steps 3 --out ckpt/tiny_rl
+    python rl.py --model ckpt/tiny --data-dir ../shared/data --steps 3 --out ckpt/tiny_rl
     torchrun --nproc_per_node=8 rl.py               # 8 GPUs: each rank samples and trains on 1/8 of the prompts
 
 The algorithm, each step:
-  1. draw P prompts from GSM8K train and sample G completions of each (temperature 1, one prefill
-     per prompt, per-prompt seeds);
+  1. draw P prompts from GSM8K train (--batch-size) and sample G completions of each
+     (--samples-per-prompt; temperature 1, one prefill per prompt, per-prompt seeds);
   2. reward r = 1 if the answer is right (flexible-extract by default, --reward strict for `#### N`);
   3. advantage A = r - mean(r of the group), divided by the group's std with --scale-rewards; a group
      whose rewards are all equal has A = 0 and is not even run through the model;
@@ -26,20 +26,20 @@ Where it departs from textbook GRPO (DeepSeekMath): no std division by default (
 that it biases towards easy and hard questions), token-level normalisation over the whole batch
 instead of per sequence, one update per batch (no PPO clip), and no KL term by default.
 """
-import argparse
 import time
 
 import torch
 
-import distributed
 import training
 from evals import gsm8k
+from infrastructure import distributed
 from model import Qwen3, lora_disabled
 
-PRESET = dict(lr=2e-5, lora_rank=32, lora_alpha=64, warmup_steps=5)
+PRESET = dict(steps=100, batch_size=16, samples_per_prompt=8, lr=2e-5, lora_rank=32, lora_alpha=64, warmup_steps=5,
+              heldout=64, eval_every=25)
 
 # -----------------------------------------------------------------------------
-# Rewards, advantages and the policy-gradient loss
+# Signal: rewards and advantages
 
 
 def reward(completion, answer: str, kind: str) -> float:
@@ -48,7 +48,7 @@ def reward(completion, answer: str, kind: str) -> float:
     that vary, so that the update runs (a random model never gets a GSM8K answer right)."""
     if kind == "digit":
         return float(completion.text.lstrip()[:1].isdigit())
-    return gsm8k.score(completion.text, answer)[kind]
+    return gsm8k.grade(completion.text, answer)[kind]
 
 
 def group_advantages(rewards: list, group_size: int, scale: bool) -> list:
@@ -62,118 +62,89 @@ def group_advantages(rewards: list, group_size: int, scale: bool) -> list:
         advantages += centred.tolist()
     return advantages
 
+def advantage_sequences(prompts: list, completions: list, advantages: list, group_size: int, keep_all: bool) -> list:
+    """Training sequences on the policy's own trajectories: each completion after its prompt, every token with its
+    completion's advantage. A completion whose advantage is 0 (its group's rewards all agree) has no gradient and
+    is left out, unless the KL leash applies to it (`keep_all`)."""
+    kept = [i for i, advantage in enumerate(advantages) if advantage != 0 or keep_all]
+    return training.rollout_sequences([prompts[i // group_size] for i in kept], [completions[i].tokens for i in kept],
+                                      advantage=[[advantages[i]] * len(completions[i].tokens) for i in kept])
 
-def rollout_sequences(prompts: list, completions: list, advantages: list, group_size: int,
-                      keep_all: bool = False) -> list:
-    """Training sequences: the prompt is the state, the policy's own completion the targets, each with its advantage.
-
-    Without a KL term (`keep_all` False), completions with zero advantage (the groups whose rewards are
-    all equal) are left out: their gradient is zero, so they would cost a forward and a backward for nothing.
-    """
-    sequences = []
-    for index, (completion, advantage) in enumerate(zip(completions, advantages)):
-        if (advantage == 0 and not keep_all) or not completion.tokens:
-            continue
-        prompt = prompts[index // group_size]
-        sequences.append(training.sequence(state=prompt, targets=completion.tokens,
-                                           advantage=[advantage] * len(completion.tokens)))
-    return sequences
+# -----------------------------------------------------------------------------
+# The loss: REINFORCE with the group baseline, and the optional KL leash to the starting model
 
 
-def token_losses(run, batch, kl_coef: float = 0.0, reference=None, totals=None):
-    """-A log p(own token | own state) per target (N,), + kl_coef * k3 against `reference` (the starting model's
-    log-probs) when kl_coef > 0; `totals` collects the k3 sum and count, for the log."""
+def starting_model(run) -> Qwen3:
+    """The frozen starting point the KL leash holds the policy to: with LoRA, the policy itself, whose adapters
+    reference_logprobs switches off; in full fine-tuning, --model loaded again (after --resume the live
+    weights are no longer the starting ones)."""
+    if run.args.lora_rank:
+        return run.model
+    return Qwen3.from_pretrained(run.args.model, device=run.device, dtype=torch.float32).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def reference_logprobs(start: Qwen3, batch) -> torch.Tensor:
+    with lora_disabled(start):  # a model without adapters is left as it is
+        return training.target_logprobs(start, batch)
+
+
+def token_losses(run, batch, frozen):
+    """-A log p(own token | own state) per target (N,), + --kl-coef x k3 against the starting model `frozen`
+    when --kl-coef > 0, whose sum is logged as `kl`."""
     logprobs = training.target_logprobs(run.model, batch)  # (N,)
     losses = -batch.columns["advantage"] * logprobs
-    if kl_coef:  # the optional leash
-        difference = reference(batch) - logprobs
-        kl = torch.exp(difference) - difference - 1  # k3: unbiased for KL(now || start), always >= 0
-        losses = losses + kl_coef * kl
-        totals["kl"] += kl.detach().sum().item()
-        totals["tokens"] += len(kl)
-    return losses
-
-
-def reference_function(run):
-    """log-probs under the frozen starting model: the adapters switched off, or --model loaded again for full
-    tuning (after --resume the live model is no longer the starting one)."""
-    frozen = None if run.args.lora_rank else Qwen3.from_pretrained(
-        run.args.model, device=run.device, dtype=torch.float32).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def reference(batch):
-        if frozen is not None:
-            return training.target_logprobs(frozen, batch)
-        with lora_disabled(run.model):
-            return training.target_logprobs(run.model, batch)
-    return reference
+    if not run.args.kl_coef:
+        return losses, {}
+    difference = reference_logprobs(frozen, batch) - logprobs
+    kl = torch.exp(difference) - difference - 1  # k3: unbiased for KL(now || start), always >= 0
+    return losses + run.args.kl_coef * kl, {"kl": kl.detach().sum().item()}
 
 # -----------------------------------------------------------------------------
 # One step: sample, reward, update
 
 
-def rl_step(run, prompts: list, reward_of, args, reference=None) -> dict:
-    """Sample G completions of each prompt, reward them with reward_of(index, completion), update.
-    Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
-    started = time.perf_counter()
-    completions = run.sample(prompts, n=args.group_size, max_new_tokens=args.max_new_tokens,
+def rl_step(run, examples: list, frozen=None) -> dict:
+    """Sample G completions of each example's prompt, reward them against its answer, update. Under torchrun
+    `examples` are this rank's share of the step's; the statistics cover every rank's."""
+    args, started = run.args, time.perf_counter()
+    group = args.samples_per_prompt
+    completions = run.sample([example["prompt"] for example in examples], n=group, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size,
                              compile=args.compile)
     sampling_s = time.perf_counter() - started
-    rewards = [reward_of(i // args.group_size, c) for i, c in enumerate(completions)]
-    advantages = group_advantages(rewards, args.group_size, args.scale_rewards)
-    sequences = rollout_sequences(prompts, completions, advantages, args.group_size, keep_all=args.kl_coef > 0)
+    rewards = [reward(c, examples[i // group]["answer"], args.reward) for i, c in enumerate(completions)]
+    advantages = group_advantages(rewards, group, args.scale_rewards)
+    sequences = advantage_sequences([example["prompt"] for example in examples], completions, advantages, group,
+                                    keep_all=args.kl_coef > 0)
     batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-    # every rank's samples (a rank holds whole groups): the token count N of the loss, and the statistics
+    # every rank's samples (a rank holds whole groups): the statistics, and N, the normaliser
     rewards, lengths = distributed.gather(rewards), distributed.gather([len(c.tokens) for c in completions])
     truncated = distributed.all_sum(sum(c.finish_reason == "length" for c in completions))
-    groups = [rewards[i:i + args.group_size] for i in range(0, len(rewards), args.group_size)]
+    groups = [rewards[i:i + group] for i in range(0, len(rewards), group)]
     stats = {"reward": sum(rewards) / len(rewards),
              "all_equal_groups": sum(len(set(g)) == 1 for g in groups) / len(groups),
              "completion_length": sum(lengths) / len(lengths), "max_length": max(lengths),
              "truncated": truncated / len(lengths), "sampling_tokens_per_s": sum(lengths) / sampling_s}
     if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ (or a KL term to apply)
-        totals = {"kl": 0.0, "tokens": 0}
-        stats.update(run.train_step(batches, lambda batch: token_losses(run, batch, args.kl_coef, reference, totals),
-                                    normaliser=max(1, sum(lengths))))  # loss, lr, grad_norm, tokens/s, ...
-        if args.kl_coef:
-            stats["kl"] = distributed.all_sum(totals["kl"]) / distributed.all_sum(totals["tokens"])
+        # N = every token sampled this step, zero-advantage groups' included: loss = -(1/N) sum A log p
+        stats.update(run.train_step(batches, token_losses, frozen, normaliser=max(1, sum(lengths))))
     else:  # nothing to learn from: every group agreed; the step still counts
         run.step += 1
     stats.update(sampling_s=sampling_s, train_s=time.perf_counter() - started - sampling_s)
     return stats
 
 
-def greedy_accuracy(run, items: list, args) -> float:
-    """Flexible-extract accuracy of greedy completions on a held-out slice of train, as the GSM8K eval scores it
-    (each rank a share under torchrun)."""
-    run.model.eval()
-    result = gsm8k.evaluate(run.model, run.tokenizer, items, batch_size=args.sample_batch_size, progress=False,
-                            compile=args.compile)
-    run.model.train()
-    return result["summary"]["flexible"]
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps, each on fresh samples")
-    parser.add_argument("--prompts-per-step", type=int, default=16)
-    parser.add_argument("--group-size", type=int, default=8, help="completions per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser = training.parser(__doc__)
+    training.add_sampling_arguments(parser)
     parser.add_argument("--reward", choices=["flexible", "strict", "digit"], default="flexible",
                         help="GSM8K answer extraction; digit: a toy for random models (see `reward`)")
     parser.add_argument("--scale-rewards", action="store_true", help="divide advantages by the group std")
     parser.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL penalty to the starting model")
-    parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
-    parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
-    parser.add_argument("--eval-every", type=int, default=25, help="greedy accuracy on held-out train items")
-    parser.add_argument("--eval-items", type=int, default=64)
-    training.add_arguments(parser, out="ckpt/rl")
-    args = training.apply_preset(parser.parse_args(argv), PRESET)
-    training.check_at_least(args, 1, "steps", "prompts_per_step", "group_size", "max_new_tokens",
-                            "sample_batch_size", "eval_every")
-    training.check_at_least(args, 0, "eval_items", "kl_coef")
+    args = training.finish_args(parser.parse_args(argv), PRESET, out="ckpt/rl")
+    training.check_at_least(args, 1, "samples_per_prompt", "max_new_tokens", "sample_batch_size")
+    training.check_at_least(args, 0, "kl_coef")
     if args.temperature != 1:  # samples from p^(1/T) with gradients of log p: an off-policy estimate of neither
         raise ValueError(f"--temperature {args.temperature}: rl.py samples at temperature 1, the policy it trains")
     return args
@@ -181,23 +152,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    items = gsm8k.load("train", args.data_dir)[:args.limit]
-    heldout, train = items[:args.eval_items], items[args.eval_items:]  # the held-out slice comes first
-    if len(train) < args.prompts_per_step:
-        raise ValueError(f"{len(train)} training prompts, fewer than --prompts-per-step {args.prompts_per_step}")
-    total_steps = min(args.steps, args.max_steps or args.steps)
-    with training.Run(args, total_steps) as run:
-        reference = reference_function(run) if args.kl_coef else None
-        run.write(f"rl: {total_steps} steps of {args.prompts_per_step} prompts x {args.group_size} samples, "
+    train_items, heldout = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
+                                                  args.seed)
+    with training.Run(args, training.total_steps(args, len(train_items))) as run:
+        train = [{"prompt": prompt, "answer": item["answer"]}
+                 for prompt, item in zip(training.prompts(run.tokenizer, train_items), train_items)]
+        frozen = starting_model(run) if args.kl_coef else None
+        run.write(f"rl: {run.total_steps} steps of {args.batch_size} prompts x {args.samples_per_prompt} samples, "
                   f"lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
-        while run.step < total_steps:
-            chosen = [train[i] for i in training.examples_of_step(run.step, len(train), args.prompts_per_step,
-                                                                  args.seed)]
-            chosen = distributed.shard(chosen)  # under torchrun: this rank's prompts
-            prompts = [run.tokenizer.encode(gsm8k.prompt(item["question"])).ids for item in chosen]
-            stats = rl_step(run, prompts, lambda i, c: reward(c, chosen[i]["answer"], args.reward), args, reference)
-            if heldout and (run.step % args.eval_every == 0 or run.step == total_steps):
-                stats["heldout_accuracy"] = greedy_accuracy(run, heldout, args)
+        while run.step < run.total_steps:
+            stats = rl_step(run, run.examples_of_step(train), frozen)
+            if heldout and run.evaluation_due():
+                stats["heldout_accuracy"] = training.heldout_accuracy(run, heldout)
             run.log(stats)
         run.save()
 

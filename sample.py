@@ -20,44 +20,22 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import DEFAULT_MODEL, CheckpointError, load_tokenizer
-from model import Qwen3
+from infrastructure.checkpoint import DEFAULT_MODEL, CheckpointError, load_tokenizer
+from model import KVCache, Qwen3
 
 
 @dataclass
 class Completion:
     tokens: list  # generated token ids, including the end-of-text or stop-completing token
     text: str | None  # decoded completion (None without a tokenizer); ends before the stop string
-    finish_reason: str  # "eos", "stop" or "length"
+    finish_reason: str  # "eos", "stop" or "length" (max_new_tokens reached)
 
 
-class KVCache:
-    """Per layer, keys and values of shape (B, kv_heads, max_len, head_dim), written in place."""
-    def __init__(self, keys: list, values: list):
-        self.keys, self.values = keys, values
-
-    @classmethod
-    def allocate(cls, model: Qwen3, batch_size: int, max_len: int) -> "KVCache":
-        config, weight = model.config, model.model.embed_tokens.weight
-        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        keys = [torch.zeros(shape, device=weight.device, dtype=weight.dtype) for _ in range(config.num_hidden_layers)]
-        return cls(keys, [torch.zeros_like(k) for k in keys])
-
-    def update(self, layer: int, slots, k, v):
-        """Write k, v (B, kv_heads, T, head_dim) at `slots` (T,); return the layer's whole buffers."""
-        self.keys[layer].index_copy_(2, slots, k)
-        self.values[layer].index_copy_(2, slots, v)
-        return self.keys[layer], self.values[layer]
-
-    def view(self, rows: slice) -> "KVCache":
-        """The same memory, restricted to some rows."""
-        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values])
-
-    def share_prefill(self, n: int, length: int):
-        """Copy the first `length` slots of each group's first row into its other n - 1 rows."""
-        for buffer in self.keys + self.values:
-            groups = buffer.unflatten(0, (-1, n))  # (prompts, n, kv_heads, max_len, head_dim)
-            groups[:, 1:, :, :length] = groups[:, :1, :, :length]
+def share_prefill(cache: KVCache, n: int, length: int):
+    """Copy the first `length` slots of each group's first row into its other n - 1 rows."""
+    for buffer in cache.keys + cache.values:
+        groups = buffer.unflatten(0, (-1, n))  # (prompts, n, kv_heads, max_len, head_dim)
+        groups[:, 1:, :, :length] = groups[:, :1, :, :length]
 
 # -----------------------------------------------------------------------------
 # Choosing the next token
@@ -158,7 +136,7 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
 
     rows = len(prompts) * n
     if compile:  # a view of the compiled step's own cache, perhaps longer than max_len (see compiled.py)
-        from compiled import compiled_decoder
+        from infrastructure.compiled import compiled_decoder
         decoder = compiled_decoder(model)
         cache, step_function = decoder.cache_for(rows, max_len), decoder.step
     else:
@@ -175,7 +153,7 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
     hidden = model(input_ids, positions, mask, first_rows, slots[:P], return_hidden=True)[:, -1:]  # (B, 1, H)
 
     # --- n samples per prompt share the prefill: copy it to the group's other rows, and pads, hidden state
-    cache.share_prefill(n, P)
+    share_prefill(cache, n, P)
     pad, hidden = pad.repeat_interleave(n), hidden.repeat_interleave(n, dim=0)
     uniforms = torch.zeros(rows, max_new_tokens)  # (B*n, new): each prompt's stream, drawn up front
     if temperature > 0:
@@ -186,7 +164,7 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
 
     tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)  # (B*n, new)
     length = [max_new_tokens] * rows  # where each row stopped growing
-    reasons = ["length"] * rows
+    reasons = [None] * rows  # why each row finished; None while it runs
     texts = [None] * rows
     for step in range(max_new_tokens):
         logits = model.lm_head(hidden[:, 0]).float()  # (B*n, V): the LM head at the last position only
@@ -209,13 +187,13 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
         text = texts[row]
         if text is None and tokenizer is not None:
             text = tokenizer.decode(ids)
-        completions.append(Completion(ids, text, reasons[row]))
+        completions.append(Completion(ids, text, reasons[row] or "length"))
     return completions
 
 
 def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) -> bool:
     """Mark rows that just produced end-of-text or a stop string; True when every row is done."""
-    running = [row for row in range(len(length)) if reasons[row] == "length"]
+    running = [row for row in range(len(length)) if reasons[row] is None]
     newest = tokens[:, step].tolist()
     for row in running:
         if newest[row] in eos_ids:
@@ -223,7 +201,7 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
     if stop:
         # a stop string completed by the newest token lies within its last few tokens: decode only those,
         # and the whole row on a hit (earlier steps saw no stop string, so the first one is this one)
-        running = [row for row in running if reasons[row] == "length"]
+        running = [row for row in running if reasons[row] is None]
         window = max(0, step + 1 - max(map(len, stop)) - 8)
         tails = tokenizer.decode_batch(tokens[running, window:step + 1].tolist()) if running else []
         for row, tail in zip(running, tails):
@@ -231,14 +209,14 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
                 text = tokenizer.decode(tokens[row, :step + 1].tolist())
                 cut = min(text.find(s) for s in stop if s in text)
                 length[row], reasons[row], texts[row] = step + 1, "stop", text[:cut]
-    return all(reason != "length" for reason in reasons)
+    return all(reason is not None for reason in reasons)
 
 
 # -----------------------------------------------------------------------------
 # Command line
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub repo id")
     parser.add_argument("--prompt", required=True, help="prompt text (\\n is a newline)")
@@ -254,6 +232,11 @@ def main(argv=None):
     for name in ("n", "max_new_tokens"):  # refused before the model loads, in generate's words
         if getattr(args, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     model = Qwen3.from_pretrained(args.model)
     tokenizer = load_tokenizer(model)
     prompt = tokenizer.encode(args.prompt.replace("\\n", "\n")).ids

@@ -9,105 +9,89 @@ Per-token loss: -log p(gold token | question + gold prefix), averaged over the s
 
     python sft.py --preset mild       # -> ckpt/sft_mild: short, low learning rate (our choice)
     python sft.py --preset stress     # -> ckpt/sft_stress: the paper's 5 epochs, lr 5e-4, LoRA r64 a128
-    python sft.py --preset stress --model ckpt/tiny --data-dir ../shared/data --max-steps 5 --out ckpt/tiny_sft
+    python sft.py --preset stress --model ckpt/tiny --data-dir ../shared/data --steps 5 --out ckpt/tiny_sft
     torchrun --nproc_per_node=8 sft.py --preset stress   # 8 GPUs: each rank takes 1/8 of every batch
 
 The stress run is the paper's first finding (retention falls when the learner is pushed far on
 states it will not visit itself) and the degraded teacher of opd.py.
 """
-import argparse
-import math
-import random
-
 import torch
 
-import distributed
 import training
 from evals import gsm8k
+from infrastructure import distributed
 
 PRESETS = {
     # ours: the paper gives no mild settings. One epoch at a low learning rate, small adapters.
-    "mild": dict(epochs=1, lr=5e-5, lora_rank=16, lora_alpha=32, warmup_steps=10),
+    "mild": dict(epochs=1, batch_size=32, lr=5e-5, lora_rank=16, lora_alpha=32, warmup_steps=10, heldout=200,
+                 eval_every=50),
     # the paper's stress run: 5 epochs, learning rate 5e-4, LoRA rank 64, alpha 128
-    "stress": dict(epochs=5, lr=5e-4, lora_rank=64, lora_alpha=128, warmup_steps=10),
+    "stress": dict(epochs=5, batch_size=32, lr=5e-4, lora_rank=64, lora_alpha=128, warmup_steps=10, heldout=200,
+                   eval_every=50),
 }
 
 # -----------------------------------------------------------------------------
-# Data and objective: the question is the state, the gold solution the targets
+# States and signal: the question is the state, its gold solution the targets
 
 
 def dataset_sequences(items: list, tokenizer, eos: int, context: int) -> list:
     """One training sequence per GSM8K item: the question as the state, its gold solution + end of text as targets."""
-    prompts = tokenizer.encode_batch([gsm8k.prompt(item["question"]) for item in items], add_special_tokens=False)
     golds = tokenizer.encode_batch([gsm8k.target(item["answer"]) for item in items], add_special_tokens=False)
     sequences = []
-    for prompt, gold in zip(prompts, golds):
-        if len(prompt.ids) + len(gold.ids) + 1 > context:
-            raise ValueError(f"a training example of {len(prompt.ids) + len(gold.ids) + 1} tokens exceeds the "
+    for prompt, gold in zip(training.prompts(tokenizer, items), golds):
+        if len(prompt) + len(gold.ids) + 1 > context:
+            raise ValueError(f"a training example of {len(prompt) + len(gold.ids) + 1} tokens exceeds the "
                              f"model's context of {context}")
-        sequences.append(training.sequence(state=prompt.ids, targets=gold.ids + [eos]))
+        sequences.append(training.sequence(state=prompt, targets=gold.ids + [eos]))
     return sequences
 
 
-def token_losses(run, batch):
-    """-log p(gold token | dataset state), per target: (N,)."""
-    return -training.target_logprobs(run.model, batch)
+def token_losses(run, batch, frozen):
+    """-log p(gold token | dataset state) per target (N,); nothing else to log. `frozen` is None: the signal is
+    in the data."""
+    return -training.target_logprobs(run.model, batch), {}
+
+# -----------------------------------------------------------------------------
+# One step, and the held-out measure
 
 
-def split_heldout(items: list, heldout: int, seed: int):
-    """A fixed slice of train kept out of training, for the held-out loss: (train, held-out)."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    return [items[i] for i in order[heldout:]], [items[i] for i in order[:heldout]]
+def sft_step(run, sequences: list, frozen=None) -> dict:
+    """One update on dataset sequences (under torchrun, this rank's share of the step's)."""
+    batches = training.make_batches(sequences, run.args.micro_batch_tokens, run.device)
+    return run.train_step(batches, token_losses, frozen, normaliser=training.target_count(batches))
 
 
 @torch.no_grad()
-def heldout_loss(run, batches: list) -> float:
-    """The mean of token_losses over the held-out targets (every rank's, under torchrun)."""
+def heldout_loss(run, sequences: list) -> float:
+    """The mean of token_losses over the held-out gold targets (every rank's share, under torchrun)."""
+    batches = training.make_batches(distributed.shard(sequences), run.args.micro_batch_tokens, run.device)
     run.model.eval()
     with run.autocast():
-        total = sum(token_losses(run, batch).sum().item() for batch in batches)
+        total = sum(token_losses(run, batch, None)[0].sum().item() for batch in batches)
     run.model.train()
-    return distributed.all_sum(total) / max(1, distributed.all_sum(sum(batch.mask.sum().item() for batch in batches)))
+    return distributed.all_sum(total) / training.target_count(batches)
+
+
+def parse_args(argv=None):
+    parser = training.parser(__doc__)
+    parser.add_argument("--preset", choices=PRESETS, default="mild")
+    args = parser.parse_args(argv)
+    return training.finish_args(args, PRESETS[args.preset], out=f"ckpt/sft_{args.preset}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=PRESETS, default="mild")
-    parser.add_argument("--epochs", type=float, help="passes over the training data")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step")
-    parser.add_argument("--heldout", type=int, default=200, help="train items kept out for the held-out loss")
-    parser.add_argument("--eval-every", type=int, default=50, help="held-out loss every N steps")
-    training.add_arguments(parser, out=None)
-    args = parser.parse_args(argv)
-    training.apply_preset(args, {**PRESETS[args.preset], "out": f"ckpt/sft_{args.preset}"})
-    training.check_at_least(args, 1, "batch_size", "eval_every")
-    training.check_at_least(args, 0, "heldout")
-    if not 0 < args.epochs < math.inf:
-        raise ValueError(f"--epochs must be positive and finite, got {args.epochs}")
-
-    items = gsm8k.load("train", args.data_dir)[:args.limit]
-    train_items, heldout_items = split_heldout(items, min(args.heldout, len(items) // 10), args.seed)
-    args.batch_size = min(args.batch_size, len(train_items))
-    total_steps = math.floor(args.epochs * (len(train_items) // args.batch_size))
-    total_steps = min(total_steps, args.max_steps or total_steps)
-    if total_steps < 1:
-        raise ValueError(f"no training steps: {len(train_items)} examples, batch size {args.batch_size}")
-
-    with training.Run(args, total_steps) as run:
+    args = parse_args(argv)
+    train_items, heldout_items = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
+                                                        args.seed)
+    with training.Run(args, training.total_steps(args, len(train_items))) as run:
         eos, context = run.model.config.eos_token_id, run.model.config.max_position_embeddings
         train = dataset_sequences(train_items, run.tokenizer, eos, context)
-        heldout = training.make_batches(distributed.shard(dataset_sequences(heldout_items, run.tokenizer, eos, context)),
-                                        args.micro_batch_tokens, run.device)
-        run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout_items)} held out, "
-                  f"{total_steps} steps of {args.batch_size} sequences, lr {args.lr}, "
-                  f"LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
-        while run.step < total_steps:
-            sequences = [train[i] for i in training.examples_of_step(run.step, len(train), args.batch_size, args.seed)]
-            sequences = distributed.shard(sequences)  # under torchrun: this rank's share of the batch
-            batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-            stats = run.train_step(batches, lambda batch: token_losses(run, batch))
-            if heldout_items and (run.step % args.eval_every == 0 or run.step == total_steps):
+        heldout = dataset_sequences(heldout_items, run.tokenizer, eos, context)
+        run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout)} held out, {run.total_steps} steps "
+                  f"of {args.batch_size}, lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+        while run.step < run.total_steps:
+            stats = sft_step(run, run.examples_of_step(train))
+            if heldout and run.evaluation_due():
                 stats["heldout_loss"] = heldout_loss(run, heldout)
             run.log(stats)
         run.save()

@@ -7,7 +7,7 @@ and state drift of every run, and the report with the paper's Table 2 beside our
     python study.py                                 # the real study: Qwen/Qwen3-0.6B-Base, one GPU
     python study.py --data-dir ../shared/data --seeds 0 1 2 --ablation
 
---lab first writes a synthetic world (world.py) and pretrains a small Qwen3 on it (pretrain.py), then runs
+--lab first writes a synthetic world (lab/world.py) and pretrains a small Qwen3 on it (lab/pretrain.py), then runs
 the same stages on them, with the presets below scaled to the lab, three seeds by default (docs/lab.md).
 
 Each stage is one command of this project, printed before it runs, so any stage can be re-run by hand.
@@ -30,19 +30,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checkpoint import DEFAULT_MODEL, recover_directory
 from evals import write_atomically
-from resume import finished
+from infrastructure.checkpoint import DEFAULT_MODEL, recover_directory
+from infrastructure.resume import finished
 
 ROOT = Path(__file__).resolve().parent
 TINY_DATA = ROOT / "data" / "tiny"
 
 # Small step counts for --tiny: the numbers mean nothing, every stage runs in seconds on a CPU.
 TINY = {
-    "sft": ["--max-steps", "4", "--batch-size", "8", "--heldout", "8", "--eval-every", "2"],
-    "opd": ["--max-steps", "3", "--prompts-per-step", "4", "--max-new-tokens", "32", "--continuation-tokens", "8"],
-    "rl": ["--max-steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "32",
-           "--eval-items", "8", "--eval-every", "3", "--reward", "digit"],  # a reward that varies on a random model
+    "sft": ["--steps", "4", "--batch-size", "8", "--heldout", "8", "--eval-every", "2"],
+    "opd": ["--steps", "3", "--batch-size", "4", "--max-new-tokens", "32", "--continuation-tokens", "8",
+            "--heldout", "8", "--eval-every", "3"],
+    "rl": ["--steps", "3", "--batch-size", "4", "--samples-per-prompt", "4", "--max-new-tokens", "32",
+           "--heldout", "8", "--eval-every", "3", "--reward", "digit"],  # a reward that varies on a random model
     "drift": ["--prompts", "8", "--max-new-tokens", "32"],
 }
 
@@ -57,9 +58,9 @@ LAB = {
                    "--eval-every", "25"],
     "opd": ["--steps", "30", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96"],
     "rl": ["--steps", "40", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96",
-           "--eval-items", "64", "--eval-every", "10"],
+           "--heldout", "64", "--eval-every", "10"],
     "drift": ["--max-new-tokens", "96"],
-    "world": [], "pretrain": [],  # world.py's and pretrain.py's own defaults are the lab's (tests shrink them)
+    "world": [], "pretrain": [],  # lab/world.py's and lab/pretrain.py's own defaults are the lab's (tests shrink them)
 }
 
 
@@ -111,10 +112,10 @@ def stages(args) -> list:
     todo = []
     if args.lab:  # the world, then the base model pretrained on it
         world = Path(args.data_dir) / "world.json"
-        todo += [Stage("write the lab world", world, ["world.py", "--world-seed", str(args.world_seed), "--out",
+        todo += [Stage("write the lab world", world, ["-m", "lab.world", "--world-seed", str(args.world_seed), "--out",
                                                       args.data_dir, *args.scale.get("world", [])]),
                  Stage("pretrain the lab's base model", Path(args.model) / "progress.json",
-                       ["pretrain.py", "--world", args.data_dir, "--out", args.model,
+                       ["-m", "lab.pretrain", "--world", args.data_dir, "--out", args.model,
                         *args.scale.get("pretrain", [])], [world])]
         base = [Path(args.model) / "progress.json"]
     todo.append(Stage("evaluate the base model", results / "base" / "eval.json",
@@ -229,8 +230,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tiny and not Path(args.model).exists():
-        print(f"$ python tiny.py {args.model}", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "tiny.py"), args.model], check=True)
+        print(f"$ python -m tools.tiny {args.model}", flush=True)
+        subprocess.run([sys.executable, "-m", "tools.tiny", args.model], check=True, cwd=ROOT)
     plan = stages(args)
     # `python -m evals` from any directory: the project's modules on the path, paths as the user gave them
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -1,30 +1,34 @@
 """
-What sft.py, rl.py and opd.py do identically, so that each of them holds only its objective:
-the command-line flags they share, loading the policy (LoRA or full fine-tuning), AdamW with warmup
-and cosine decay, training sequences (a state, then target tokens that carry a loss) packed into
-batches, the training step (the loss's normaliser, gradient accumulation, clipping, the NaN guard),
-logging, and atomic checkpoints that `--resume` continues.
+What sft.py, rl.py and opd.py do identically, so that each of them holds only its objective: the flags they
+share, the held-out split, the step count, training sequences (a state, then target tokens that carry a loss)
+packed into batches, and the run: the policy (LoRA or full fine-tuning), AdamW with warmup and cosine decay,
+the training step, logging, and checkpoints that --resume continues.
 
-A training script's life:
+Every trainer's main has one shape:
 
-    with Run(args, total_steps) as run:       # model + LoRA + optimizer, or resumed from args.out/resume/
-        while run.step < total_steps:
-            sequences = [sequence(state=..., targets=..., signal=[...])]   # what the script is about
-            batches = make_batches(sequences, max_tokens=args.micro_batch_tokens)
-            stats = run.train_step(batches, token_losses)   # token_losses(batch) -> (N,) per target token
-            run.log(stats)                                  # and a save every --save-every steps
+    args = parse_args(argv)                                   # these flags, the trainer's own, its preset
+    train, heldout = training.split_heldout(gsm8k.load("train", args.data_dir), args.heldout, args.seed)
+    with training.Run(args, training.total_steps(args, len(train))) as run:   # or resumed from --out/resume/
+        examples = ...                                        # the train items as the trainer's examples
+        while run.step < run.total_steps:
+            stats = trainer_step(run, run.examples_of_step(examples), frozen)
+            run.log(stats)                                    # + a held-out measure every --eval-every steps
         run.save()
 
-Ctrl-C or SIGTERM (a cluster's pre-emption) inside the `with` finishes the current step, saves, and exits
-with a line saying how to resume; `--resume` refuses flags that would make it another run (resume.py holds
-what a save writes beside the checkpoint and how a run stops and goes on).
+and every step ends in the same update, after building its training sequences:
 
-Under `torchrun --nproc_per_node=N` the same script runs data-parallel (helpers in distributed.py, DDP
-here): each rank takes its share of the step's sequences or prompts (`shard`), the loss
-normalisers are summed over ranks (`all_sum`), DDP all-reduces the gradients once per step, and only
-rank 0 prints and saves. A single process never starts torch.distributed.
+    sequences = [training.sequence(state=prompt, targets=completion, advantage=[a] * len(completion))]
+    batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
+    stats = run.train_step(batches, token_losses, frozen, normaliser)   # sum of token_losses / normaliser
+
+`token_losses(run, batch, frozen)` returns the per-target losses (N,) and the sums to log; `frozen` is the
+model the signal comes from (RL's starting model, OPD's teacher; None for SFT). About 390 lines, over the 250
+of its budget: it holds every flag, the held-out rule and the step count, so that the three mains are one. Ctrl-C or SIGTERM inside the
+`with` finishes the step, saves, and says how to resume (infrastructure/resume.py). Under `torchrun
+--nproc_per_node=N` each rank takes its share of a step's examples, the normaliser counts every rank's
+tokens, and one all-reduce sums the gradients (infrastructure/distributed.py); one process never starts it.
 """
-import contextlib
+import argparse
 import math
 import random
 import sys
@@ -33,28 +37,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import DEFAULT_MODEL, CheckpointError, atomic_directory, load_tokenizer
-from distributed import all_sum, barrier, is_main, setup_distributed, world_size
-from evals import check_data_tokenizer
+from evals import check_data_tokenizer, gsm8k
+from infrastructure import distributed
+from infrastructure.checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
+from infrastructure.resume import (Interrupted, StopOnSignal, TrainingError, check_output, read_state, run_main,
+                                   write_state)
 from model import DTYPES, Qwen3, add_lora, default_dtype, token_logprobs
-from resume import Interrupted, StopOnSignal, TrainingError, check_output, read_state, write_state
 from sample import generate
 
-
 # -----------------------------------------------------------------------------
-# Flags
+# Flags, presets, the held-out split and the step count
 
 
-def add_arguments(parser, out: str):
-    """The flags every trainer has. Flags left at None are filled from the script's preset."""
+def parser(description: str):
+    """The flags every trainer has. Flags left at None are filled from the trainer's preset (finish_args)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="starting checkpoint: directory or hub id")
-    parser.add_argument("--out", default=out, help="output checkpoint directory")
+    parser.add_argument("--out", help="output checkpoint directory (default: ckpt/<run name>)")
     parser.add_argument("--data-dir", help="local data in the original formats (default: the hub)")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    parser.add_argument("--limit", type=int, help="use only the first N training examples")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: the preset's, or --epochs)")
+    parser.add_argument("--epochs", type=float, help="passes over the training items, when --steps is not given")
+    parser.add_argument("--batch-size", type=int, help="training items per optimizer step")
+    parser.add_argument("--limit", type=int, help="use only the first N training items")
+    parser.add_argument("--heldout", type=int, help="training items kept out, for the held-out measure")
+    parser.add_argument("--eval-every", type=int, help="the held-out measure every N steps, and at the end")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--warmup-steps", type=int, help="linear warmup before the cosine decay")
     parser.add_argument("--weight-decay", type=float, default=0.0)
@@ -70,17 +78,32 @@ def add_arguments(parser, out: str):
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    return parser
 
 
-def apply_preset(args, preset: dict):
-    """Fill every flag the user left unset from the preset, then check the flags every trainer has."""
+def add_sampling_arguments(parser):
+    """The flags of the trainers that sample the policy's own states (rl.py, opd.py)."""
+    parser.add_argument("--samples-per-prompt", type=int, help="completions of each prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="length of the sampled completions")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
+
+
+def finish_args(args, preset: dict, out: str):
+    """Fill every flag the user left unset from the preset (the run's length, --steps or --epochs, only when the
+    user set neither), set --out when not given, and check the flags every trainer has."""
     for name, value in preset.items():
-        if getattr(args, name, None) is None:
+        user_set_length = name in ("steps", "epochs") and (args.steps is not None or args.epochs is not None)
+        if getattr(args, name, None) is None and not user_set_length:
             setattr(args, name, value)
-    check_at_least(args, 1, "max_steps", "limit", "micro_batch_tokens")
-    check_at_least(args, 0, "warmup_steps", "weight_decay", "lora_rank", "lora_dropout", "save_every")
+    args.out = args.out or out
+    check_at_least(args, 1, "steps", "batch_size", "limit", "eval_every", "micro_batch_tokens")
+    check_at_least(args, 0, "heldout", "warmup_steps", "weight_decay", "lora_rank", "lora_dropout", "save_every")
     if not 0 < args.lr < math.inf or not 0 < args.grad_clip < math.inf:  # 0 or inf: nothing learned, or NaN
         raise ValueError(f"--lr and --grad-clip must be positive and finite, got {args.lr} and {args.grad_clip}")
+    if args.epochs is not None and not 0 < args.epochs < math.inf:
+        raise ValueError(f"--epochs must be positive and finite, got {args.epochs}")
     if args.lora_rank and not 0 < args.lora_alpha < math.inf:  # alpha 0 scales the adapters to nothing
         raise ValueError(f"--lora-alpha must be positive, got {args.lora_alpha}")
     if args.lora_dropout >= 1:
@@ -96,22 +119,50 @@ def check_at_least(args, minimum, *names):
             raise ValueError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
-def run_main(main):
-    """Run a script's main(); expected failures become one `error:` line and exit status 1, an interrupt
-    one line and 130 (SIGINT) or 143 (SIGTERM)."""
-    try:
-        main()
-    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-    except Interrupted as interrupt:
-        print(interrupt, file=sys.stderr)
-        sys.exit(interrupt.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before training started (loading data or the model)
-        print("interrupted before the first step: nothing was saved", file=sys.stderr)
-        sys.exit(130)
+def split_heldout(items: list, count: int, seed: int):
+    """(train, held-out): `count` items chosen by a shuffle seeded by --seed are kept out of training, at most a
+    tenth of them (a line says so when that caps --heldout); the rest, in the shuffled order, train."""
+    if count > len(items) // 10:
+        print(f"--heldout {count}: keeping out {len(items) // 10}, a tenth of the {len(items)} training items",
+              file=sys.stderr)
+        count = len(items) // 10
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in order[count:]], [items[i] for i in order[:count]]
+
+
+def total_steps(args, examples: int) -> int:
+    """--steps, or --epochs passes over `examples` in full batches of --batch-size."""
+    if args.batch_size > examples:
+        raise ValueError(f"{examples} training items, fewer than one step's --batch-size {args.batch_size} "
+                         f"(raise --limit, or lower --heldout or --batch-size)")
+    steps = args.steps if args.steps is not None else math.floor(args.epochs * (examples // args.batch_size))
+    if steps < 1:
+        raise ValueError(f"no training steps: {examples} items, --batch-size {args.batch_size}, --epochs {args.epochs}")
+    return steps
+
+
+def examples_of_step(step: int, count: int, batch_size: int, seed: int) -> list:
+    """Indices of the `batch_size` examples of optimizer step `step`: a fresh shuffle each epoch, full batches.
+
+    A pure function of the step, so a resumed run sees exactly the data an uninterrupted one would.
+    """
+    if count < batch_size:
+        raise ValueError(f"{count} training examples, fewer than one step's {batch_size} (raise --limit)")
+    epoch, position = divmod(step, count // batch_size)
+    order = list(range(count))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return order[position * batch_size:(position + 1) * batch_size]
+
 
 # -----------------------------------------------------------------------------
-# Batches of token ids with per-token columns
+# Training sequences and batches
+
+
+def prompts(tokenizer, items: list) -> list:
+    """The GSM8K prompt of each item as token ids: the state every trainer starts from."""
+    encodings = tokenizer.encode_batch([gsm8k.prompt(item["question"]) for item in items], add_special_tokens=False)
+    return [encoding.ids for encoding in encodings]
 
 
 def sequence(state: list, targets: list, **columns) -> dict:
@@ -121,6 +172,13 @@ def sequence(state: list, targets: list, **columns) -> dict:
     if not state or any(len(values) != len(targets) for values in columns.values()):
         raise ValueError("a training sequence needs a state and one value per target in each column")
     return {"state": list(state), "targets": list(targets), **columns}
+
+
+def rollout_sequences(prompts: list, completions: list, **columns) -> list:
+    """Sequences on the policy's own trajectories: each prompt the state, its completion's tokens the targets,
+    each column one list of per-token values per completion. Empty completions teach nothing and are left out."""
+    return [sequence(state=prompt, targets=completion, **{name: values[index] for name, values in columns.items()})
+            for index, (prompt, completion) in enumerate(zip(prompts, completions)) if completion]
 
 
 @dataclass
@@ -159,17 +217,9 @@ def make_batches(sequences: list, max_tokens: int, device="cpu") -> list:
     return batches
 
 
-def examples_of_step(step: int, count: int, batch_size: int, seed: int) -> list:
-    """Indices of the `batch_size` examples of optimizer step `step`: a fresh shuffle each epoch, full batches.
-
-    A pure function of the step, so a resumed run sees exactly the data an uninterrupted one would.
-    """
-    if count < batch_size:
-        raise ValueError(f"{count} training examples, fewer than one step's {batch_size} (raise --limit)")
-    epoch, position = divmod(step, count // batch_size)
-    order = list(range(count))
-    random.Random(seed * 1000 + epoch).shuffle(order)
-    return order[position * batch_size:(position + 1) * batch_size]
+def target_count(batches: list) -> int:
+    """The target tokens of a step's batches, every rank's: the normaliser of a mean over the step's targets."""
+    return max(1, distributed.all_sum(sum(batch.mask.sum().item() for batch in batches)))
 
 
 def target_logprobs(model: Qwen3, batch: Batch) -> torch.Tensor:
@@ -181,36 +231,38 @@ def target_logprobs(model: Qwen3, batch: Batch) -> torch.Tensor:
 # The run: policy, optimizer, schedule, step, logging, checkpoints
 
 
+def load_policy(args, device) -> tuple:
+    """The model to train and its trainable parameters. The dtypes follow model.py's rule: with LoRA, the frozen
+    base in the compute dtype and float32 adapters; full fine-tuning, float32 weights."""
+    dtype = default_dtype(device) if args.lora_rank else torch.float32
+    model = Qwen3.from_pretrained(args.model, device=device, dtype=dtype)
+    if args.lora_rank:
+        parameters = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+    else:
+        parameters = list(model.parameters())
+    model.model.gradient_checkpointing = args.gradient_checkpointing  # on the decoder's layers
+    return model.train(), parameters
+
+
 class Run:
     def __init__(self, args, total_steps: int):
         self.args, self.total_steps, self.out = args, total_steps, Path(args.out)
-        self.device = setup_distributed(args.device)  # under torchrun: this rank's GPU, and the process group
+        self.device = distributed.setup(args.device)  # under torchrun: this rank's GPU, and the process group
         resume_file = check_output(args)  # --out usable; with --resume, the saved run is this run
         random.seed(args.seed)
         torch.manual_seed(args.seed)
-        # bf16 compute where the GPU has it; float32 on CPU and on GPUs without bf16 (T4 and older).
-        # LoRA: base weights in that dtype, adapters in float32. Full fine-tuning: float32 master weights.
-        self.compute_dtype = default_dtype(self.device)
-        dtype = self.compute_dtype if args.lora_rank else torch.float32
-        self.model = Qwen3.from_pretrained(args.model, device=self.device, dtype=dtype)
+        self.model, self.parameters = load_policy(args, self.device)
         self.tokenizer = load_tokenizer(self.model)
         check_data_tokenizer(args.data_dir, self.tokenizer)
-        if args.lora_rank:
-            self.parameters = add_lora(self.model, args.lora_rank, args.lora_alpha, args.lora_dropout)
-        else:
-            self.parameters = list(self.model.parameters())
-        self.model.model.gradient_checkpointing = args.gradient_checkpointing  # on the decoder's layers
-        self.model.train()
+        self.compute_dtype = default_dtype(self.device)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=args.lr, weight_decay=args.weight_decay)
         self.step, self.metrics, self.saved_step = 0, [], None
         if args.resume:
             read_state(self, resume_file)  # weights, optimizer, RNGs, step, metrics
             self.saved_step = self.step
-        self.ddp = None
-        if world_size() > 1:  # distributed: DDP all-reduces the gradients (and starts every rank from rank 0's weights)
-            self.ddp = DistributedDataParallel(LossModule(self.model), gradient_as_bucket_view=True)
+        distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
-                             disable=None if is_main() else True)
+                             disable=None if distributed.is_main() else True)
         self.started = time.perf_counter()
         self.stopper = StopOnSignal(self)  # active inside `with Run(...)`
         if self.step >= total_steps:
@@ -224,6 +276,15 @@ class Run:
         self.stopper.__exit__(*exception)
         self.progress.close()
         return False
+
+    def examples_of_step(self, examples: list) -> list:
+        """This step's --batch-size examples (examples_of_step), this rank's share of them under torchrun."""
+        chosen = examples_of_step(self.step, len(examples), self.args.batch_size, self.args.seed)
+        return [examples[index] for index in distributed.shard(chosen)]
+
+    def evaluation_due(self) -> bool:
+        """After every --eval-every-th step, and after the last."""
+        return self.step % self.args.eval_every == 0 or self.step == self.total_steps
 
     def learning_rate(self) -> float:
         """Linear warmup to --lr, then cosine decay to zero at the last step."""
@@ -247,53 +308,44 @@ class Run:
 
     def write(self, text: str):
         """A line on the console, from rank 0 only."""
-        if is_main():
+        if distributed.is_main():
             self.progress.write(text)
 
-    def train_step(self, batches: list, token_losses, normaliser=None) -> dict:
-        """One optimizer step over micro-batches. The loss is the sum over every target token of
-        token_losses(batch) (N,), divided by `normaliser`: by default the number of target tokens in the
-        step, on every rank (a mean over the step's targets)."""
+    def train_step(self, batches: list, token_losses, frozen, normaliser: int) -> dict:
+        """One optimizer step: loss = (the sum over the step's targets of token_losses) / normaliser, backward
+        through every micro-batch, the gradients summed over ranks, clipped, and AdamW's step. token_losses(run,
+        batch, frozen) -> (losses (N,), {name: sum to log}); each logged sum is shown per target."""
         started = time.perf_counter()
         learning_rate = self.learning_rate()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        targets = all_sum(sum(batch.mask.sum().item() for batch in batches))  # every rank's
-        normaliser = normaliser or max(1, targets)
-
-        def loss_of(batch):
-            return token_losses(batch).sum() / normaliser
-        if self.ddp is not None and not batches:  # distributed: a rank with no data still joins the all-reduce
-            batches, loss_of = [None], lambda batch: sum(p.sum() for p in self.parameters) * 0.0
-        total = 0.0
-        for index, batch in enumerate(batches):
-            with self.no_sync(index < len(batches) - 1):
-                with self.autocast():
-                    loss = loss_of(batch) if self.ddp is None else self.ddp(loss_of, batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"step {self.step + 1}: loss is {loss.item()}; stopped before saving anything")
-                (loss * world_size()).backward()  # DDP averages over ranks: see no_sync
+        total, logged = 0.0, {}
+        for batch in batches:
+            with self.autocast():
+                losses, sums = token_losses(self, batch, frozen)
+                loss = losses.sum() / normaliser
+            if not torch.isfinite(loss):
+                raise TrainingError(f"step {self.step + 1}: loss is {loss.item()}; stopped before saving anything")
+            loss.backward()
             total += loss.item()
+            for name, value in sums.items():
+                logged[name] = logged.get(name, 0.0) + value
+        distributed.all_reduce_gradients(self.parameters)  # one process: nothing to do
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.args.grad_clip)
         if not torch.isfinite(norm):
             raise TrainingError(f"step {self.step + 1}: gradient norm is {norm.item()}; stopped before saving")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        tokens = all_sum(sum(b.input_ids.numel() for b in batches if b is not None))  # every rank's
+        targets = target_count(batches)
+        tokens = distributed.all_sum(sum(batch.input_ids.numel() for batch in batches))  # every rank's
         seconds = time.perf_counter() - started
-        stats = {"loss": all_sum(total), "lr": learning_rate, "grad_norm": norm.item(), "target_tokens": targets,
-                 "train_tokens_per_s": tokens / seconds, "train_s": seconds}
+        stats = {"loss": distributed.all_sum(total), "lr": learning_rate, "grad_norm": norm.item(),
+                 "target_tokens": targets, "train_tokens_per_s": tokens / seconds, "train_s": seconds}
+        stats.update({name: distributed.all_sum(value) / targets for name, value in logged.items()})
         if self.device.type == "cuda":
             stats["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return stats
-
-    def no_sync(self, skip: bool):
-        """Distributed: DDP all-reduces (averages) the gradients in the backward of the last micro-batch only.
-
-        Every loss is divided by a count summed over all ranks, so the sum of the ranks' gradients is the
-        one-process gradient; backward of world_size x loss turns DDP's average into that sum."""
-        return self.ddp.no_sync() if self.ddp is not None and skip else contextlib.nullcontext()
 
     def log(self, stats: dict):
         """One line per step on the console, one JSON line in metrics.jsonl (written with the checkpoint);
@@ -305,8 +357,8 @@ class Run:
         self.write(f"step {self.step}/{self.total_steps} | {shown}")
         if self.args.save_every and self.step % self.args.save_every == 0:
             self.save()
-        if self.step < self.total_steps and all_sum(int(self.stopper.requested is not None)):  # all ranks at once
-            self.save()
+        if self.step < self.total_steps and distributed.all_sum(int(self.stopper.requested is not None)):
+            self.save()  # every rank at once
             self.stopper.stop()
 
     def save(self):
@@ -319,32 +371,26 @@ class Run:
         if broken:
             raise TrainingError(f"step {self.step}: {len(broken)} weight tensors are NaN or infinite ({broken[0]}, "
                                 f"...); stopped before saving them")
-        if is_main():
-            self.write_checkpoint()
-        if world_size() > 1:
-            barrier()
+        if distributed.is_main():
+            with atomic_directory(self.out) as staging:
+                self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
+                write_state(self, staging)  # args.json, progress.json, metrics.jsonl, resume/
+            self.write(f"saved {self.out} at step {self.step}")
+        distributed.barrier()
         self.saved_step = self.step
 
-    def write_checkpoint(self):
-        with atomic_directory(self.out) as staging:
-            self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
-            write_state(self, staging)  # args.json, progress.json, metrics.jsonl, resume/
-        self.write(f"saved {self.out} at step {self.step}")
+
+def heldout_accuracy(run, items: list) -> float:
+    """Greedy flexible-extract accuracy on held-out train items, as the GSM8K eval scores it (each rank a share
+    under torchrun): the held-out measure of the trainers that sample."""
+    run.model.eval()
+    result = gsm8k.evaluate(run.model, run.tokenizer, items, batch_size=run.args.sample_batch_size, progress=False,
+                            compile=run.args.compile)
+    run.model.train()
+    return result["summary"]["flexible"]
 
 
 def format_number(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
     return str(value)
-
-
-class LossModule(torch.nn.Module):
-    """The model, as the module DDP wraps: DDP all-reduces the gradients of what runs in its forward, and
-    our losses run the model themselves (hidden states, the LM head only where a loss is), so the
-    forward is the whole loss: ddp(loss_of, batch) = loss_of(batch)."""
-    def __init__(self, model: Qwen3):
-        super().__init__()
-        self.model = model
-
-    def forward(self, loss_of, batch):
-        return loss_of(batch)

@@ -6,7 +6,7 @@ Plain-Python graders for GSM8K, TruthfulQA and MMLU, following lm-evaluation-har
 
 One file per task (gsm8k.py, truthfulqa.py, mmlu.py) and the command line in __main__.py. This file
 holds what the tasks share: reading data files (local or from the hub), the standard errors, lm-eval's rule
-for tokenizing a context and its continuation, `score` (the log-likelihood of continuations, which
+for tokenizing a context and its continuation, `continuation_logprobs` (the log-likelihoods of continuations, which
 opd.py's reverse_kl uses for the teacher too), and running the model over batches (split across ranks
 under torchrun).
 """
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_tokenizer
-from distributed import gather, shard
+from infrastructure.checkpoint import load_tokenizer
+from infrastructure.distributed import gather, shard
 from model import token_logprobs
 
 
@@ -104,7 +104,7 @@ def encode_pairs(tokenizer, pairs: list) -> list:
     continuation is tokenized as one string and split at the token length of the context alone.
     Each distinct context is tokenized once, so the choices of one question get the same context ids:
     for one-token continuations (MMLU's " A".." D") the model input, context + continuation[:-1], is
-    the same, and `score` runs one forward for all of them.
+    the same, and `continuation_logprobs` runs one forward for all of them.
     """
     stripped = list(dict.fromkeys(context.rstrip() for context, _ in pairs))  # distinct contexts, in order
     encodings = tokenizer.encode_batch(stripped, add_special_tokens=False)
@@ -120,7 +120,7 @@ def encode_pairs(tokenizer, pairs: list) -> list:
 
 
 @torch.no_grad()
-def score(model, requests: list, batch_size: int = 16) -> list:
+def continuation_logprobs(model, requests: list, batch_size: int = 16) -> list:
     """Log-probabilities of continuations: requests are (context ids, continuation ids) pairs.
 
     Returns, per request, the list of log p(continuation token | everything before it). Requests whose
@@ -132,7 +132,7 @@ def score(model, requests: list, batch_size: int = 16) -> list:
     rows, targets = {}, []  # input tuple -> row index; per request: (row, first position, tokens)
     for context_ids, continuation_ids in requests:
         if not context_ids or not continuation_ids:
-            raise ValueError("score needs a non-empty context and continuation")
+            raise ValueError("continuation_logprobs needs a non-empty context and continuation")
         inputs = tuple(context_ids) + tuple(continuation_ids[:-1])
         if len(inputs) > context:
             raise ValueError(f"sequence of {len(inputs)} tokens exceeds the model's context of {context}")

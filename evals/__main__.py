@@ -16,8 +16,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import distributed
-from checkpoint import CheckpointError, check_writable, load_tokenizer
+from infrastructure import distributed
+from infrastructure.checkpoint import CheckpointError, check_writable, load_tokenizer
 from evals import DataError, check_data_tokenizer, gsm8k, mmlu, truthfulqa, write_atomically
 from model import DTYPES, Qwen3
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     try:
         tasks = check_args(args)
         data = load_data(tasks, args.shots, args.data_dir)
-        device = distributed.setup_distributed()  # under torchrun: this rank's GPU; the graders split the batches
+        device = distributed.setup()  # under torchrun: this rank's GPU; the graders split the batches
         model = Qwen3.from_pretrained(args.model, device=device, dtype=DTYPES.get(args.dtype))
         tokenizer = load_tokenizer(model)
         check_data_tokenizer(args.data_dir, tokenizer)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import CheckpointError, check_writable, load_tokenizer
-from evals import DataError, check_data_tokenizer, gsm8k, score, write_atomically
+from infrastructure.checkpoint import CheckpointError, check_writable, load_tokenizer
+from evals import DataError, check_data_tokenizer, continuation_logprobs, gsm8k, write_atomically
 from model import DTYPES, Qwen3
 from sample import generate
 
@@ -122,7 +122,7 @@ def rollouts(model, tokenizer, prompts: list, seed: int, args):
 
 def sequence_logprobs(model, pairs: list, batch_size: int) -> np.ndarray:
     """log p(completion | prompt) of each (prompt ids, completion ids) pair, summed over the completion: (N,)."""
-    return np.array([sum(values) for values in score(model, pairs, batch_size=batch_size)])
+    return np.array([sum(values) for values in continuation_logprobs(model, pairs, batch_size=batch_size)])
 
 
 def load(path: str, args):
@@ -130,7 +130,7 @@ def load(path: str, args):
     return model, load_tokenizer(model), str(model.lm_head.weight.dtype).removeprefix("torch.")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m evals.drift", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the base model the drift is measured from")
@@ -146,7 +146,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the base's rollouts; the model's use seed + 1")
     parser.add_argument("--dtype", choices=DTYPES, help="weights (default: the dtype each checkpoint was saved in)")
     parser.add_argument("--out", help="results JSON (default: results/<model name>/drift.json)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     out = Path(args.out or Path("results") / Path(args.model.rstrip("/")).name / "drift.json")
     try:
         for name in ("prompts", "cuts", "max_new_tokens", "features", "projections", "batch_size"):

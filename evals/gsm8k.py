@@ -6,7 +6,7 @@ GSM8K: grade-school math word problems, graded by the final number (lm-eval's `g
 
 Greedy decoding, at most 256 new tokens, stopping at "Question:" or end of text; the answer is
 extracted two ways (strict-match and flexible-extract) and compared with the reference number.
-This file is also the trainers' GSM8K: `load`, `prompt`, `target` and `score` (the RL reward) are the
+This file is also the trainers' GSM8K: `load`, `prompt`, `target` and `grade` (the RL reward) are the
 same functions the evaluation uses, so training and evaluation see the same states.
 """
 import json
@@ -111,7 +111,7 @@ def normalize(text: str) -> str:
     return text.lower()
 
 
-def score(completion: str, reference: str) -> dict:
+def grade(completion: str, reference: str) -> dict:
     """{"strict": 0 or 1, "flexible": 0 or 1} for a completion against GSM8K's answer field.
 
     `reference` is the solution text ending in "#### N", or just "#### N". This is also the RL reward.
@@ -150,7 +150,7 @@ def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=
         records.append({"id": f"test/{index}", "prompt_tokens": len(prompts[index]),
                         "prediction": completion.text, "finish_reason": completion.finish_reason,
                         "extracted": extract(completion.text), "reference": normalize(item["answer"]),
-                        "correct": score(completion.text, item["answer"])})
+                        "correct": grade(completion.text, item["answer"])})
     summary = {"items": len(records), "seconds": round(seconds, 3)}
     for name in ("flexible", "strict"):
         accuracy = sum(r["correct"][name] for r in records) / max(len(records), 1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evals import DataError, binomial_stderr, encode_pairs, hub_rows, run_batches, score
+from evals import DataError, binomial_stderr, continuation_logprobs, encode_pairs, hub_rows, run_batches
 
 LETTERS = "ABCD"  # lm-eval _default_template_yaml: doc_to_choice ["A", "B", "C", "D"]
 
@@ -111,7 +111,7 @@ def evaluate(model, tokenizer, test: dict, dev: dict, *, shots: int = 0, limit=N
                              f"tokens, more than the model's context of {context_length} (use fewer --shots)")
 
     def run_batch(chunk):  # the 4 requests of a question have the same model input: one forward row per question
-        results = score(model, [requests[4 * i + j] for i in chunk for j in range(4)], batch_size)
+        results = continuation_logprobs(model, [requests[4 * i + j] for i in chunk for j in range(4)], batch_size)
         return [[sum(values) for values in results[4 * n:4 * n + 4]] for n in range(len(chunk))]
     prompt_lengths = [len(requests[4 * i][0]) for i in range(len(chosen))]
     loglikelihoods, seconds = run_batches("mmlu", prompt_lengths, batch_size, run_batch, progress)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import CheckpointError, check_writable
+from infrastructure.checkpoint import CheckpointError, check_writable
 
 # The paper's Table 2 (arXiv 2605.22731): GSM8K, TruthfulQA, MMLU, MMD drift, forgetting, retention
 PAPER = {
@@ -268,13 +268,17 @@ def plot_training_curves(runs: list, path: Path) -> bool:
     return True
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="results folders, one per run, named after the run")
     parser.add_argument("--base", default="base", help="the run that forgetting and retention compare with")
     parser.add_argument("--out", default="results/report.md")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     out = Path(args.out)
     try:
         if out.is_dir():

@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 
-from evals import (DataError, binomial_stderr, bootstrap_stderr, data_file, encode_pairs, hub_rows, run_batches,
-                   score, subset_text)
+from evals import (DataError, binomial_stderr, bootstrap_stderr, continuation_logprobs, data_file, encode_pairs,
+                   hub_rows, run_batches, subset_text)
 
 # lm-eval truthfulqa_mc1.yaml, doc_to_text: the `prompt_qa` preamble, then '\n\nQ: ' + question + '\nA:'
 PREAMBLE = (
@@ -113,7 +113,7 @@ def evaluate(model, tokenizer, items: list, *, limit=None, seed: int = 1234, bat
 
     def run_batch(chunk):  # per question, summed log-probabilities: [mc1's choices, mc2's choices]
         requests = [request for i in chunk for part in encoded[i] for request in part]
-        results = iter(score(model, requests, batch_size=batch_size))
+        results = iter(continuation_logprobs(model, requests, batch_size=batch_size))
         return [[[sum(next(results)) for _ in part] for part in encoded[i]] for i in chunk]
     context_lengths = [len(encoded[i][0][0][0]) for i in range(len(questions))]
     loglikelihoods, seconds = run_batches("truthfulqa", context_lengths, batch_size, run_batch, progress)

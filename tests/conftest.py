@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random checkpoint (the `python tiny.py` code path) and the real data."""
+"""Shared fixtures: a tiny random checkpoint (the `python -m tools.tiny` code path) and the real data."""
 import json
 import os
 import sys
@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's flat modules
 
-from tiny import write_tiny  # noqa: E402
+from tools.tiny import write_tiny  # noqa: E402
 
 
 def reference_checkpoint(path, tie=True, heads=4, kv_heads=2, head_dim=32, hidden=64, vocab=300, seed=0,

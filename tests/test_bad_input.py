@@ -10,9 +10,9 @@ import opd
 import rl
 import sample
 import sft
-import tiny
+from tools import tiny
 import training
-from checkpoint import CheckpointError
+from infrastructure.checkpoint import CheckpointError
 from evals import __main__ as evaluate, drift, report
 
 ITEM = {"question": "Ann has 2 pens and gets 3 more. How many?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}
@@ -60,7 +60,7 @@ def world(tmp_path_factory, tiny_checkpoint):
     (root / "string_size" / "config.json").write_text(json.dumps({**settings, "hidden_size": "64"}))
     (root / "bad_tokenizer" / "tokenizer.json").write_text("{not a tokenizer")
     code, stderr = outcome(lambda argv: training.run_main(lambda: sft.main(argv)),
-                           defaults("sft", root) + ["--max-steps", "2", "--out", str(root / "done")], None)
+                           defaults("sft", root) + ["--steps", "2", "--out", str(root / "done")], None)
     assert code is None, stderr
     shutil.copytree(root / "done", root / "bad_resume")
     (root / "bad_resume" / "resume" / "state.pt").write_bytes(b"not a torch file")
@@ -104,7 +104,7 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("sft", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     ("sft", ["--limit", "0"], "--limit must be at least 1"),
     ("sft", ["--eval-every", "0"], "--eval-every must be at least 1"),
-    ("sft", ["--max-steps", "0"], "--max-steps must be at least 1"),
+    ("sft", ["--steps", "0"], "--steps must be at least 1"),
     ("sft", ["--heldout", "-1"], "--heldout must be at least 0"),
     ("sft", ["--lora-rank", "-1"], "--lora-rank must be at least 0"),
     ("sft", ["--grad-clip", "0"], "--lr and --grad-clip must be positive"),
@@ -121,20 +121,20 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("evals", ["--tasks", "mmlu", "--data-dir", "{w}/latin1"], "latin1/mmlu/test/misc_test.csv: not UTF-8"),
     ("sft", ["--out", "{w}/afile"], "is a file, not a directory"),
     ("sft", ["--out", "{w}/afile/run"], "afile is a file"),
-    ("sft", ["--out", "{w}/bad_resume", "--resume", "--max-steps", "2"], "cannot read the resume state"),
-    ("sft", ["--out", "{w}/done", "--resume", "--max-steps", "2", "--lr", "0.1"],
+    ("sft", ["--out", "{w}/bad_resume", "--resume", "--steps", "2"], "cannot read the resume state"),
+    ("sft", ["--out", "{w}/done", "--resume", "--steps", "2", "--lr", "0.1"],
      "--resume with other flags than"),
-    ("sft", ["--out", "{w}/done", "--max-steps", "2"], "already exists: pass --resume"),
-    ("rl", ["--prompts-per-step", "0"], "--prompts-per-step must be at least 1"),
-    ("rl", ["--group-size", "0"], "--group-size must be at least 1"),
+    ("sft", ["--out", "{w}/done", "--steps", "2"], "already exists: pass --resume"),
+    ("rl", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("rl", ["--samples-per-prompt", "0"], "--samples-per-prompt must be at least 1"),
     ("rl", ["--eval-every", "0"], "--eval-every must be at least 1"),
     ("rl", ["--steps", "0"], "--steps must be at least 1"),
-    ("rl", ["--max-steps", "-1"], "--max-steps must be at least 1"),
+    ("rl", ["--steps", "-1"], "--steps must be at least 1"),
     ("rl", ["--sample-batch-size", "0"], "--sample-batch-size must be at least 1"),
-    ("rl", ["--eval-items", "-1"], "--eval-items must be at least 0"),
+    ("rl", ["--heldout", "-1"], "--heldout must be at least 0"),
     ("rl", ["--temperature", "0.7"], "rl.py samples at temperature 1"),
     ("opd", ["--samples-per-prompt", "0"], "--samples-per-prompt must be at least 1"),
-    ("opd", ["--prompts-per-step", "0"], "--prompts-per-step must be at least 1"),
+    ("opd", ["--batch-size", "0"], "--batch-size must be at least 1"),
     ("opd", ["--cuts", "0"], "--cuts must be at least 1"),
     ("opd", ["--continuation-tokens", "0"], "--continuation-tokens must be at least 1"),
     ("opd", ["--temperature", "-1"], "--temperature must be at least 0"),
@@ -172,7 +172,7 @@ def test_bad_input_is_one_line_and_writes_nothing(command, arguments, message, w
 
 def test_an_unwritable_output_folder_is_refused_before_any_work(world, capsys, monkeypatch):
     """As root every folder is writable, so the check's answer is faked: os.access says no for the folder."""
-    monkeypatch.setattr("checkpoint.os.access", lambda path, mode: Path(path) != world)
+    monkeypatch.setattr("infrastructure.checkpoint.os.access", lambda path, mode: Path(path) != world)
     for command in ("sft", "evals"):
         before = snapshot(world)
         code, stderr = outcome(COMMANDS[command], defaults(command, world), capsys)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import distributed
+from infrastructure import distributed
 import training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_sft_two_processes_equal_one(tmp_path, tiny_checkpoint):
     # 7 sequences, one per micro-batch: rank 0 runs 4 micro-batches, rank 1 runs 3 (gradients all-reduced once);
     # one held-out item (a tenth of 14): rank 1 has none and still joins the sum of the held-out loss
     data = write_gsm8k(tmp_path / "data", [f"{a} + {b} = {a + b}\n#### {a + b}" for a in range(2, 9) for b in (3, 5)])
-    arguments = ["sft.py", "--model", tiny_checkpoint, "--data-dir", data, "--max-steps", "1", "--batch-size", "7",
+    arguments = ["sft.py", "--model", tiny_checkpoint, "--data-dir", data, "--steps", "1", "--batch-size", "7",
                  "--micro-batch-tokens", "40", "--lora-rank", "0", "--lr", "1e-3", "--warmup-steps", "1",
                  "--heldout", "2", "--device", "cpu"]
     launch(1, *arguments, "--out", tmp_path / "one")
@@ -84,14 +84,14 @@ def test_rl_two_processes_equal_one(tmp_path, tiny_checkpoint):
     # reference no completion can match: their groups all agree, so rank 1 has nothing to train on and joins
     # the all-reduce with zero gradients. Per-prompt seeds make each prompt's samples the same on either
     # rank; the loss is divided by the completion tokens of both ranks together.
-    held_out, prompts = 3, 4
-    chosen = training.examples_of_step(0, len(QUESTIONS) - held_out, prompts, seed=0)
-    answers = ["#### never" if index - held_out in chosen[1::2] else "#### [invalid]"
-               for index in range(len(QUESTIONS))]
+    held_out, prompts = 1, 4  # (a tenth of the 14 items at most)
+    train, _ = training.split_heldout(list(range(len(QUESTIONS))), held_out, seed=0)
+    rank_one = [train[position] for position in training.examples_of_step(0, len(train), prompts, seed=0)[1::2]]
+    answers = ["#### never" if index in rank_one else "#### [invalid]" for index in range(len(QUESTIONS))]
     data = write_gsm8k(tmp_path / "data", answers)
-    arguments = ["rl.py", "--model", tiny_checkpoint, "--data-dir", data, "--max-steps", "1", "--prompts-per-step",
-                 prompts, "--group-size", "4", "--max-new-tokens", "3", "--lora-rank", "4", "--lora-alpha", "8",
-                 "--lr", "1e-2", "--warmup-steps", "1", "--kl-coef", "0.1", "--eval-items", held_out, "--device", "cpu"]
+    arguments = ["rl.py", "--model", tiny_checkpoint, "--data-dir", data, "--steps", "1", "--batch-size",
+                 prompts, "--samples-per-prompt", "4", "--max-new-tokens", "3", "--lora-rank", "4", "--lora-alpha", "8",
+                 "--lr", "1e-2", "--warmup-steps", "1", "--kl-coef", "0.1", "--heldout", held_out, "--device", "cpu"]
     launch(1, *arguments, "--out", tmp_path / "one")
     launch(2, *arguments, "--out", tmp_path / "two")
     metrics = compare_runs(tmp_path / "one", tmp_path / "two", tiny_checkpoint,
@@ -115,3 +115,44 @@ def test_evals_two_processes_write_the_same_results(tmp_path, tiny_checkpoint, d
             del summary["seconds"]
     assert one == two
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]
+
+
+BROADCAST_CHECK = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import sft, training
+from infrastructure import distributed
+load_policy, save = training.load_policy, training.Run.save
+
+def perturbed(args, device):  # rank 1 starts from other weights than rank 0
+    model, parameters = load_policy(args, device)
+    if distributed.rank() == 1:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.01)
+    return model, parameters
+
+def save_every_rank(self):  # every rank's final weights, beside the checkpoint
+    torch.save(self.model.state_dict(), f"{{self.out}}.rank{{distributed.rank()}}.pt")
+    save(self)
+
+training.load_policy, training.Run.save = perturbed, save_every_rank
+if {skip_broadcast}:
+    distributed.broadcast_parameters = lambda model: None
+sft.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_ranks_that_start_from_different_weights_end_equal(tmp_path, tiny_checkpoint, broadcast):
+    """Rank 1 loads other weights than rank 0: the broadcast at the start makes them rank 0's, so after a step of
+    all-reduced gradients both ranks hold the same weights. Without the broadcast (the control), they differ."""
+    script = tmp_path / "check.py"
+    script.write_text(BROADCAST_CHECK.format(root=str(ROOT), skip_broadcast=not broadcast))
+    data = write_gsm8k(tmp_path / "data", [f"{a} + {b} = {a + b}\n#### {a + b}" for a in range(2, 9) for b in (3, 5)])
+    launch(2, script, "--model", tiny_checkpoint, "--data-dir", data, "--steps", "1", "--batch-size", "4",
+           "--lora-rank", "0", "--lr", "1e-3", "--heldout", "0", "--device", "cpu", "--out", tmp_path / "out")
+    ranks = [torch.load(tmp_path / f"out.rank{rank}.pt") for rank in (0, 1)]
+    equal = all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
+    assert equal == broadcast

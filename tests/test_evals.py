@@ -14,7 +14,7 @@ import torch
 
 from evals import DataError, binomial_stderr, bootstrap_stderr, encode_pairs, gsm8k, mmlu, truthfulqa
 from evals.__main__ import main
-from checkpoint import load_tokenizer
+from infrastructure.checkpoint import load_tokenizer
 from model import Qwen3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_gsm8k_prompt_format():
     ("The answer is 42", "42", 0, 1),  # a bare number as the reference
 ])
 def test_gsm8k_score(completion, reference, strict, flexible):
-    assert gsm8k.score(completion, reference) == {"strict": strict, "flexible": flexible}
+    assert gsm8k.grade(completion, reference) == {"strict": strict, "flexible": flexible}
 
 
 def test_gsm8k_extract_and_normalize():
@@ -240,7 +240,7 @@ def test_gsm8k_references_score_themselves(data_dir):
         items = gsm8k.load(split, data_dir)
         assert len(items) == count
         wrong = [i for i, item in enumerate(items)
-                 if gsm8k.score(item["answer"], item["answer"]) != {"strict": 1, "flexible": 1}]
+                 if gsm8k.grade(item["answer"], item["answer"]) != {"strict": 1, "flexible": 1}]
         assert wrong == [], f"{split} items {wrong[:5]} do not match themselves"
 
 

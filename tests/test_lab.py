@@ -1,5 +1,5 @@
-"""The lab: world.py writes a --data-dir the unchanged loaders and graders read, deterministically from its seed,
-with test items kept out of the corpus; pretrain.py turns it into an ordinary HF checkpoint."""
+"""The lab: lab/world.py writes a --data-dir the unchanged loaders and graders read, deterministically from its seed,
+with test items kept out of the corpus; lab/pretrain.py turns it into an ordinary HF checkpoint."""
 import hashlib
 import json
 import os
@@ -10,11 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import pretrain
-import world
+from lab import pretrain, world
 from evals import gsm8k, mmlu, truthfulqa
 from model import Qwen3
-from resume import TrainingError
+from infrastructure.resume import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(train=20, test=10, mmlu_test=6, truthfulqa=8, corpus_problems=60, fact_docs=40, practice_blocks=60,
@@ -45,11 +44,11 @@ def test_gsm8k_gold_answers_score_one_and_wrong_numbers_zero(lab_world):
     assert (len(test), len(train)) == (SMALL["test"], SMALL["train"])
     for item in test + train:
         assert "<<" in item["answer"] and "\n" in item["answer"]  # GSM8K's own style: calculator steps, lines
-        assert gsm8k.score(item["answer"], item["answer"]) == {"strict": 1, "flexible": 1}
+        assert gsm8k.grade(item["answer"], item["answer"]) == {"strict": 1, "flexible": 1}
         number = int(item["answer"].rsplit("#### ", 1)[1])
         base_style = f"{number - 1} + 1 = {number}. The answer is {number}."
-        assert gsm8k.score(base_style, item["answer"]) == {"strict": 0, "flexible": 1}
-        assert gsm8k.score(f"#### {number + 1}", item["answer"]) == {"strict": 0, "flexible": 0}
+        assert gsm8k.grade(base_style, item["answer"]) == {"strict": 0, "flexible": 1}
+        assert gsm8k.grade(f"#### {number + 1}", item["answer"]) == {"strict": 0, "flexible": 0}
 
 
 def test_corpus_solutions_are_in_the_base_style(lab_world):
@@ -60,12 +59,13 @@ def test_corpus_solutions_are_in_the_base_style(lab_world):
 
 
 def fake_scorer(favoured):
-    """evals.score stand-in: log-likelihood 0 for the (context, continuation) pairs `favoured` picks, else -10."""
-    def score(model, requests, batch_size=16):
-        tokenizer = score.tokenizer
+    """evals.continuation_logprobs stand-in: log-likelihood 0 for the (context, continuation) pairs `favoured`
+    picks, else -10."""
+    def continuation_logprobs(model, requests, batch_size=16):
+        tokenizer = continuation_logprobs.tokenizer
         return [[0.0 if favoured(tokenizer.decode(context), tokenizer.decode(continuation)) else -10.0]
                 for context, continuation in requests]
-    return score
+    return continuation_logprobs
 
 
 def test_mmlu_loads_and_its_argmax_grades(lab_world, monkeypatch):
@@ -79,7 +79,7 @@ def test_mmlu_loads_and_its_argmax_grades(lab_world, monkeypatch):
     for favoured, expected in ((lambda c, x: gold[c] == x, 1.0), (lambda c, x: gold[c] != x, 0.0)):
         score = fake_scorer(favoured)
         score.tokenizer = tokenizer
-        monkeypatch.setattr(mmlu, "score", score)
+        monkeypatch.setattr(mmlu, "continuation_logprobs", score)
         result = mmlu.evaluate(fake_model, tokenizer, test, dev, progress=False)
         assert result["summary"]["accuracy"] == expected
 
@@ -152,11 +152,11 @@ def test_an_existing_world_is_kept_and_another_refused(lab_world, tmp_path, caps
 
 
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
-    result = run_script("world.py", "--world-seed", "zero", "--out", str(tmp_path / "w"))
+    result = run_script("-m", "lab.world", "--world-seed", "zero", "--out", str(tmp_path / "w"))
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")
     assert not (tmp_path / "w").exists()
     (tmp_path / "data").mkdir()
-    result = run_script("pretrain.py", "--world", str(tmp_path / "data"), "--out", str(tmp_path / "base"))
+    result = run_script("-m", "lab.pretrain", "--world", str(tmp_path / "data"), "--out", str(tmp_path / "base"))
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and "not a lab world" in result.stderr
     assert not (tmp_path / "base").exists()
 
@@ -165,7 +165,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
 
 
 PRETRAIN_SMALL = ["--hidden-size", "32", "--layers", "1", "--intermediate-size", "64", "--head-dim", "16",
-                  "--sequence-length", "32", "--batch-size", "4", "--max-steps", "2", "--device", "cpu"]
+                  "--sequence-length", "32", "--batch-size", "4", "--steps", "2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_pretraining_writes_a_checkpoint_with_the_worlds_tokenizer(lab_world, la
 def test_the_world_does_not_depend_on_the_process(lab_world, tmp_path):
     """Python's string hashing changes from process to process (set order); the world must not."""
     for hash_seed in ("1", "2"):
-        subprocess.run([sys.executable, "world.py", "--world-seed", "3", "--out", str(tmp_path / hash_seed),
+        subprocess.run([sys.executable, "-m", "lab.world", "--world-seed", "3", "--out", str(tmp_path / hash_seed),
                         *SMALL_FLAGS], cwd=ROOT, check=True, capture_output=True, env={**os.environ,
                                                                                       "PYTHONHASHSEED": hash_seed})
         assert files_of(tmp_path / hash_seed) == files_of(lab_world)
@@ -209,7 +209,8 @@ def test_a_model_with_another_tokenizer_is_refused_on_a_lab_world(lab_world, lab
     assert evaluate.main([str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "e.json")]) == 1
     assert capsys.readouterr().err.strip().endswith("the model's tokenizer is another")
     with pytest.raises(ValueError, match="the model's tokenizer is another"):
-        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "sft")])
+        sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(lab_world), "--out", str(tmp_path / "sft"),
+                  "--batch-size", "4"])
     assert not (tmp_path / "sft").exists() and not (tmp_path / "e.json").exists()
     other = tmp_path / "other_world"
     world.main(["--world-seed", "4", "--out", str(other), *SMALL_FLAGS])
@@ -228,7 +229,7 @@ def test_study_lab_plans_world_base_and_three_seeds_with_the_lab_presets(tmp_pat
     plan = study.stages(args)
     assert [stage.description for stage in plan[:3]] == ["write the lab world", "pretrain the lab's base model",
                                                          "evaluate the base model"]
-    assert plan[0].command[:5] == ["world.py", "--world-seed", "0", "--out", str(tmp_path / "c" / "world")]
+    assert plan[0].command[:6] == ["-m", "lab.world", "--world-seed", "0", "--out", str(tmp_path / "c" / "world")]
     assert plan[1].inputs == [tmp_path / "c" / "world" / "world.json"]  # a new world retrains the base
     trained = {stage.description.removeprefix("train ") for stage in plan if stage.description.startswith("train ")}
     assert trained == {f"{run}{suffix}" for run in ("sft_mild", "sft_stress", "opd_sft_stress", "opd_sft_mild", "rl")
@@ -246,10 +247,11 @@ def test_study_lab_end_to_end_on_a_small_world(tmp_path, monkeypatch):
     import study
     monkeypatch.setattr(study, "LAB", {
         "world": SMALL_FLAGS, "pretrain": PRETRAIN_SMALL,
-        "sft": ["--max-steps", "1", "--batch-size", "4", "--heldout", "2", "--lora-rank", "4", "--lora-alpha", "8"],
-        "opd": ["--steps", "1", "--prompts-per-step", "2", "--max-new-tokens", "8", "--continuation-tokens", "4"],
-        "rl": ["--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
-               "--eval-items", "2"],
+        "sft": ["--steps", "1", "--batch-size", "4", "--heldout", "2", "--lora-rank", "4", "--lora-alpha", "8"],
+        "opd": ["--steps", "1", "--batch-size", "2", "--max-new-tokens", "8", "--continuation-tokens", "4",
+                "--heldout", "0"],
+        "rl": ["--steps", "1", "--batch-size", "2", "--samples-per-prompt", "2", "--max-new-tokens", "8",
+               "--heldout", "2"],
         "drift": ["--prompts", "2", "--max-new-tokens", "8"]})
     flags = ["--lab", "--seeds", "0", "--limit", "2", "--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir",
              str(tmp_path / "results")]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import Qwen3ForCausalLM
 
 from conftest import reference_checkpoint
-from checkpoint import CheckpointError, atomic_directory, load_tokenizer, recover_directory
+from infrastructure.checkpoint import CheckpointError, atomic_directory, load_tokenizer, recover_directory
 from model import Qwen3, add_lora, load_dtype, token_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch):
 
 
 def test_tiny_checkpoint_command(tmp_path):
-    result = subprocess.run([sys.executable, "tiny.py", str(tmp_path / "tiny")], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "tools.tiny", str(tmp_path / "tiny")], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     model = Qwen3.from_pretrained(tmp_path / "tiny")
@@ -237,7 +237,7 @@ def test_a_save_killed_midway_is_tidied_up_on_the_next_run(tmp_path):
 
 
 def test_tiny_refuses_an_existing_directory(tmp_path):
-    result = subprocess.run([sys.executable, "tiny.py", str(tmp_path)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "tools.tiny", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == f"error: {tmp_path} already exists: remove it or " \
                                                                 "choose another directory"

@@ -11,17 +11,17 @@ import torch
 import opd
 import rl
 import training
-from checkpoint import load_tokenizer
+from infrastructure.checkpoint import load_tokenizer
 from model import Qwen3
 from sample import generate
-from tiny import write_tiny
+from tools.tiny import write_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PROMPTS = ["Question: how many?\nAnswer:", "Ann has", "Bob buys 3", "The answer is"]
 
 
 def starts_with_digit(completion) -> float:
-    return float(completion.text[:1].isdigit())
+    return rl.reward(completion, "", "digit")  # the toy reward the teacher was trained on
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,12 @@ def digit_teacher(tmp_path_factory, tiny_checkpoint):
     """A tiny teacher trained here (RL on the toy task) to start its answers with a digit."""
     folder = tmp_path_factory.mktemp("teacher")
     args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(folder / "teacher"), "--lr", "3e-2",
-                          "--lora-rank", "0", "--max-new-tokens", "3", "--group-size", "8", "--warmup-steps", "0"])
+                          "--lora-rank", "0", "--max-new-tokens", "3", "--samples-per-prompt", "8", "--warmup-steps", "0",
+                          "--reward", "digit"])
     run = training.Run(args, total_steps=30)
-    prompts = [run.tokenizer.encode(text).ids for text in TOY_PROMPTS]
+    examples = [{"prompt": run.tokenizer.encode(text).ids, "answer": ""} for text in TOY_PROMPTS]
     while run.step < 30:
-        rl.rl_step(run, prompts, lambda i, c: starts_with_digit(c), args)
+        rl.rl_step(run, examples)
     run.save()
     return folder / "teacher"
 
@@ -45,7 +46,7 @@ def digit_rate(model, tokenizer, prompts, seed=123) -> float:
 
 def student_run(tmp_path, tiny_checkpoint, teacher, *flags):
     args = opd.parse_args(["--teacher", str(teacher), "--student", str(tiny_checkpoint), "--out", str(tmp_path / "s"),
-                           "--max-new-tokens", "3", "--prompts-per-step", "4", *flags])
+                           "--max-new-tokens", "3", "--batch-size", "4", *flags])
     run = training.Run(args, total_steps=25)
     loaded = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device)
     return args, run, loaded
@@ -67,7 +68,7 @@ def test_continuation_loss_covers_exactly_the_teacher_tokens(tmp_path, tiny_chec
                                      "--continuation-tokens", "4")
     prompts = [run.tokenizer.encode(text).ids for text in TOY_PROMPTS[:2]]
     rollouts = [[7, 8, 9, 10], [11, 12], [7, 5, 5, 5]]  # two rollouts of the first prompt share its bare state
-    sequences = opd.continuation_sequences(run, teacher, prompts + prompts[:1], rollouts, args)
+    sequences = opd.continuation_sequences(run, teacher, prompts + prompts[:1], rollouts)
     expected_prefixes = [prompts[0], prompts[0] + [7, 8], prompts[1], prompts[1] + [11], prompts[0] + [7, 5]]
     assert len(sequences) == 5  # each state once
     for sequence, prefix in zip(sequences, expected_prefixes):
@@ -80,16 +81,16 @@ def test_sampled_reverse_kl_estimate_averages_to_the_exact_kl(tmp_path, tiny_che
     prompt = run.tokenizer.encode(TOY_PROMPTS[0]).ids
     run.model.eval()
     samples = generate(run.model, [prompt], max_new_tokens=1, temperature=1.0, n=4000, seed=0, eos_token_id=-1)
-    sequences = opd.rollout_sequences(teacher, [prompt] * 4000, [s.tokens for s in samples], args)
+    sequences = opd.teacher_logprob_sequences(teacher, [prompt] * 4000, [s.tokens for s in samples], 128)
     batches = training.make_batches(sequences, 200_000)
-    totals = {"kl": 0.0}
+    total = 0.0
     with torch.no_grad():
         for batch in batches:
-            opd.token_losses(run, batch, teacher, args, totals)
+            total += opd.token_losses(run, batch, teacher)[1]["teacher_kl"]
         student = torch.log_softmax(run.model(torch.tensor([prompt]))[0, -1], -1)
         teacher_logprobs = torch.log_softmax(teacher(torch.tensor([prompt]))[0, -1], -1)
     exact = (student.exp() * (student - teacher_logprobs)).sum().item()
-    estimate = totals["kl"] / 4000
+    estimate = total / 4000
     assert exact > 0.5  # the teacher is far from the student
     assert estimate == pytest.approx(exact, rel=0.1)
 
@@ -124,7 +125,7 @@ def test_mismatched_vocabulary_is_refused(tmp_path, tiny_checkpoint):
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n' * 16)
     result = subprocess.run([sys.executable, "opd.py", "--teacher", str(other), "--student", str(tiny_checkpoint),
-                             "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)], cwd=ROOT,
+                             "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path), "--batch-size", "4"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "vocabulary size 400" in result.stderr and not (tmp_path / "out").exists()
     student = Qwen3.from_pretrained(tiny_checkpoint)
@@ -145,10 +146,10 @@ def test_teacher_in_bf16_with_a_float32_student(tmp_path, tiny_checkpoint, digit
                            str(tmp_path / "s"), "--max-new-tokens", "3", "--mode", mode, "--teacher-dtype", "bfloat16"])
     run = training.Run(args, total_steps=1)
     teacher = opd.load_teacher(args.teacher, run.model, run.tokenizer, run.device,
-                                  training.DTYPES[args.teacher_dtype])
+                               opd.DTYPES[args.teacher_dtype])
     assert teacher.model.embed_tokens.weight.dtype == torch.bfloat16
     assert run.model.model.embed_tokens.weight.dtype == torch.float32
-    stats = opd.opd_step(run, teacher, [run.tokenizer.encode(text).ids for text in TOY_PROMPTS], args)
+    stats = opd.opd_step(run, [run.tokenizer.encode(text).ids for text in TOY_PROMPTS], teacher)
     assert math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
 
 
@@ -162,7 +163,7 @@ def test_each_mode_moves_the_student_towards_the_teacher(tmp_path, tiny_checkpoi
     before = digit_rate(run.model, run.tokenizer, prompts)
     kls = []
     while run.step < 25:
-        stats = opd.opd_step(run, teacher, prompts, args)
+        stats = opd.opd_step(run, prompts, teacher)
         kls.append(stats.get("teacher_kl"))
     run.model.eval()
     after = digit_rate(run.model, run.tokenizer, prompts)
@@ -176,8 +177,8 @@ def test_each_mode_moves_the_student_towards_the_teacher(tmp_path, tiny_checkpoi
 def test_cli_runs_offline_on_real_data(tmp_path, tiny_checkpoint, data_dir, mode):
     out = tmp_path / mode
     result = subprocess.run([sys.executable, "opd.py", "--teacher", str(tiny_checkpoint), "--student",
-                             str(tiny_checkpoint), "--data-dir", str(data_dir), "--max-steps", "3", "--mode", mode,
-                             "--out", str(out), "--prompts-per-step", "2", "--max-new-tokens", "16"]
+                             str(tiny_checkpoint), "--data-dir", str(data_dir), "--steps", "3", "--mode", mode,
+                             "--out", str(out), "--batch-size", "2", "--max-new-tokens", "16"]
                             + ["--compile"] * (mode == "continuation"),  # student and teacher decode compiled
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -66,12 +66,12 @@ def test_loss_gradient_equals_reinforce_computed_directly(hand_made):
     model, prompts, completions, rewards = hand_made
     advantages = rl.group_advantages(rewards, 2, scale=False)
     assert advantages == [0.5, -0.5, 0.0, 0.0]
-    sequences = rl.rollout_sequences(prompts, completions, advantages, 2)
+    sequences = rl.advantage_sequences(prompts, completions, advantages, 2, keep_all=False)
     assert len(sequences) == 2  # the all-equal group is not run at all
     total_tokens = sum(len(c.tokens) for c in completions)  # the normaliser: every sampled token, all groups
     batches = training.make_batches(sequences, 100)
-    ours = gradients(model, sum(rl.token_losses(SimpleNamespace(model=model), batch).sum() for batch in batches)
-                     / total_tokens)
+    run = SimpleNamespace(model=model, args=SimpleNamespace(kl_coef=0.0))
+    ours = gradients(model, sum(rl.token_losses(run, batch, None)[0].sum() for batch in batches) / total_tokens)
     # REINFORCE with the group baseline: -(1/N) sum_i A_i sum_t grad log p(y_it), all sequences
     direct = -sum(a * sequence_logprob(model, prompts[i // 2], c.tokens).sum()
                   for i, (c, a) in enumerate(zip(completions, advantages))) / total_tokens
@@ -83,21 +83,22 @@ def test_loss_gradient_equals_reinforce_computed_directly(hand_made):
 def test_all_equal_groups_give_zero_gradient(hand_made):
     model, prompts, completions, _ = hand_made
     advantages = rl.group_advantages([1.0, 1.0, 0.0, 0.0], 2, scale=True)
-    assert rl.rollout_sequences(prompts, completions, advantages, 2) == []
+    assert rl.advantage_sequences(prompts, completions, advantages, 2, keep_all=False) == []
     # and even when run through the loss, a zero advantage gives a zero gradient
     sequence = training.sequence(state=prompts[0], targets=completions[0].tokens, advantage=[0.0] * 3)
-    losses = rl.token_losses(SimpleNamespace(model=model), training.make_batches([sequence], 100)[0])
+    run = SimpleNamespace(model=model, args=SimpleNamespace(kl_coef=0.0))
+    losses, _ = rl.token_losses(run, training.make_batches([sequence], 100)[0], None)
     assert all(g is None or g.abs().max() == 0 for g in gradients(model, losses.sum()))
 
 
 def test_kl_penalty_against_direct_computation(hand_made):
     model, prompts, completions, rewards = hand_made
-    sequences = rl.rollout_sequences(prompts, completions, rl.group_advantages(rewards, 2, False), 2)
+    sequences = rl.advantage_sequences(prompts, completions, rl.group_advantages(rewards, 2, False), 2, keep_all=False)
     batch = training.make_batches(sequences, 100)[0]
-    run = SimpleNamespace(model=model, args=SimpleNamespace(lora_rank=4))
+    run = SimpleNamespace(model=model, args=SimpleNamespace(lora_rank=4, kl_coef=0.3))
     # KL: the reference is the model without its adapters
-    totals = {"kl": 0.0, "tokens": 0}
-    loss = rl.token_losses(run, batch, kl_coef=0.3, reference=rl.reference_function(run), totals=totals).sum() / 5
+    losses, logged = rl.token_losses(run, batch, rl.starting_model(run))
+    loss = losses.sum() / 5
     now = torch.cat([sequence_logprob(model, prompts[0], completions[i].tokens) for i in (0, 1)])
     with torch.no_grad(), lora_disabled(model):
         start = torch.cat([sequence_logprob(model, prompts[0], completions[i].tokens) for i in (0, 1)])
@@ -107,33 +108,35 @@ def test_kl_penalty_against_direct_computation(hand_made):
     order = torch.tensor([3, 4, 0, 1, 2])
     direct = (-(advantage * now)[order] + 0.3 * k3[order]).sum() / 5
     assert loss.item() == pytest.approx(direct.item(), abs=1e-5)
-    assert totals["kl"] / totals["tokens"] == pytest.approx(k3.mean().item(), abs=1e-6) and k3.mean() > 1e-3
+    assert logged["kl"] / 5 == pytest.approx(k3.mean().item(), abs=1e-6) and k3.mean() > 1e-3
     for a, b in zip(gradients(model, loss), gradients(model, direct)):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_kl_leash_holds_every_sequence_to_the_starting_model(tmp_path, tiny_checkpoint):
+def test_kl_leash_holds_every_sequence_to_the_starting_model(tmp_path, tiny_checkpoint, monkeypatch):
     """--kl-coef > 0: groups whose rewards all agree still get the KL term (their advantage is 0, their KL is
     not, so a step where every group agrees still updates), and with full fine-tuning the reference is --model
     loaded again, not the live (say resumed) model."""
     args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "kl"), "--lora-rank", "0",
-                          "--kl-coef", "1.0", "--max-new-tokens", "4", "--group-size", "4", "--warmup-steps", "0",
+                          "--kl-coef", "1.0", "--max-new-tokens", "4", "--samples-per-prompt", "4", "--warmup-steps", "0",
                           "--lr", "1e-2"])
     run = training.Run(args, total_steps=2)
     torch.manual_seed(0)
     with torch.no_grad():  # as after --resume: the live model is no longer the starting one
         for parameter in run.model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
-    reference = rl.reference_function(run)
+    start = rl.starting_model(run)
     prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "Ann has"]]
     sequence = training.sequence(state=prompts[0], targets=[5, 6, 7], advantage=[0.0] * 3)
     batch = training.make_batches([sequence], 100)[0]
-    start = Qwen3.from_pretrained(tiny_checkpoint)
+    loaded = Qwen3.from_pretrained(tiny_checkpoint)
     with torch.no_grad():
-        assert torch.allclose(reference(batch), training.target_logprobs(start, batch), atol=1e-6)
-        assert not torch.allclose(reference(batch), training.target_logprobs(run.model, batch), atol=1e-3)
+        reference = rl.reference_logprobs(start, batch)
+        assert torch.allclose(reference, training.target_logprobs(loaded, batch), atol=1e-6)
+        assert not torch.allclose(reference, training.target_logprobs(run.model, batch), atol=1e-3)
     before = [parameter.clone() for parameter in run.model.parameters()]
-    stats = rl.rl_step(run, prompts, lambda i, completion: 1.0, args, reference)  # every group agrees
+    monkeypatch.setattr(rl, "reward", lambda completion, answer, kind: 1.0)  # every group agrees
+    stats = rl.rl_step(run, [{"prompt": prompt, "answer": ""} for prompt in prompts], start)
     assert stats["all_equal_groups"] == 1 and stats["kl"] > 0 and run.step == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))  # the KL's update ran
 
@@ -141,11 +144,13 @@ def test_kl_leash_holds_every_sequence_to_the_starting_model(tmp_path, tiny_chec
 def test_mean_reward_rises_on_a_toy_verifiable_task(tmp_path, tiny_checkpoint):
     """Reward 1 when the completion starts with a digit: RL, not GSM8K, on a tiny random model."""
     args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "toy"), "--lr", "3e-2",
-                          "--lora-rank", "0", "--max-new-tokens", "3", "--group-size", "8", "--warmup-steps", "0"])
+                          "--lora-rank", "0", "--max-new-tokens", "3", "--samples-per-prompt", "8", "--warmup-steps", "0",
+                          "--reward", "digit"])
     run = training.Run(args, total_steps=30)
     prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "Ann has", "Bob buys 3",
                                                             "The answer is"]]
-    rewards = [rl.rl_step(run, prompts, lambda i, c: float(c.text[:1].isdigit()), args)["reward"] for _ in range(30)]
+    examples = [{"prompt": prompt, "answer": ""} for prompt in prompts]
+    rewards = [rl.rl_step(run, examples)["reward"] for _ in range(30)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert first < 0.5 and last > 0.8 and last > first + 0.3, rewards
 
@@ -154,13 +159,13 @@ def test_mean_reward_rises_on_a_toy_verifiable_task(tmp_path, tiny_checkpoint):
 def test_compiled_sampling_follows_the_training(tmp_path, tiny_checkpoint):
     """--compile: rl_step decodes with the compiled step, and after training steps have changed the weights
     in place, the compiled step still gives what eager decoding of the current weights gives."""
-    import compiled
+    from infrastructure import compiled
     args = rl.parse_args(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "toy"), "--lr", "3e-2",
-                          "--lora-rank", "0", "--max-new-tokens", "3", "--group-size", "8", "--warmup-steps", "0",
-                          "--compile"])
+                          "--lora-rank", "0", "--max-new-tokens", "3", "--samples-per-prompt", "8", "--warmup-steps", "0",
+                          "--compile", "--reward", "digit"])
     run = training.Run(args, total_steps=3)
     prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "The answer is"]]
-    stats = [rl.rl_step(run, prompts, lambda i, c: float(c.text[:1].isdigit()), args) for _ in range(2)]
+    stats = [rl.rl_step(run, [{"prompt": prompt, "answer": ""} for prompt in prompts]) for _ in range(2)]
     assert "loss" in stats[0] and run.model in compiled.COMPILED  # compiled rollouts, then the weights changed
     # greedy, in the rows' shape the rollouts compiled (a new shape would compile afresh from the new weights)
     fast = run.sample(prompts, n=8, max_new_tokens=8, eos_token_id=-1, compile=True)
@@ -179,8 +184,8 @@ def test_compiled_sampling_follows_the_training(tmp_path, tiny_checkpoint):
 def test_cli_runs_offline_on_real_data(tmp_path, tiny_checkpoint, data_dir):
     out = tmp_path / "rl"
     result = subprocess.run([sys.executable, "rl.py", "--model", str(tiny_checkpoint), "--data-dir", str(data_dir),
-                             "--max-steps", "3", "--out", str(out), "--prompts-per-step", "2", "--group-size", "4",
-                             "--max-new-tokens", "16", "--eval-items", "4", "--eval-every", "3", "--kl-coef", "0.1"],
+                             "--steps", "3", "--out", str(out), "--batch-size", "2", "--samples-per-prompt", "4",
+                             "--max-new-tokens", "16", "--heldout", "4", "--eval-every", "3", "--kl-coef", "0.1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

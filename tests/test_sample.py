@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import reference_checkpoint
-from checkpoint import load_tokenizer
+from infrastructure.checkpoint import load_tokenizer
 from model import Qwen3
-from evals import score
+from evals import continuation_logprobs
 from sample import choose_tokens, filter_probabilities, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_score_equals_full_forward(lively):
     model, tokenizer = lively
     prompts = prompts_of(tokenizer)
     requests = [(prompts[0], [5, 6, 7]), (prompts[1], [9]), (prompts[1], [10]), (prompts[2], [11, 12])]
-    results = score(model, requests, batch_size=2)
+    results = continuation_logprobs(model, requests, batch_size=2)
     for (context, continuation), values in zip(requests, results):
         with torch.no_grad():
             logits = model(torch.tensor([context + continuation]))[0]
@@ -220,7 +220,7 @@ def test_compiled_decode_step_gives_the_same_tokens_and_keeps_its_cache(lively):
     """torch.compile of the fixed-shape decode step (inductor; CUDA graphs on a GPU) changes nothing. Calls
     with other prompt lengths or fewer rows use views of one cache, and a shape seen before compiles nothing."""
     from torch._dynamo.utils import counters
-    import compiled as compiled_step
+    from infrastructure import compiled as compiled_step
     model, tokenizer = lively
     prompts = prompts_of(tokenizer)
     calls = [prompts, [prompts[1], prompts[0][:4], prompts[2]], prompts[1:], prompts]  # P varies, then rows
@@ -277,4 +277,4 @@ def test_score_refuses_nan_log_probabilities(tiny_checkpoint):
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite log-probabilities"):
-        score(model, [([1, 2, 3], [4, 5])])
+        continuation_logprobs(model, [([1, 2, 3], [4, 5])])

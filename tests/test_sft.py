@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import sft
 import training
-from checkpoint import load_tokenizer
+from infrastructure.checkpoint import load_tokenizer
 from model import Config, Qwen3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_prompt_tokens_carry_no_loss_and_get_no_gradient(tiny):
     captured = {}
     handle = model.model.norm.register_forward_hook(lambda m, i, out: captured.setdefault("hidden", out))
     try:
-        loss = sft.token_losses(SimpleNamespace(model=model), batch).sum()
+        loss = sft.token_losses(SimpleNamespace(model=model), batch, None)[0].sum()
         gradient = torch.autograd.grad(loss, captured["hidden"])[0]  # (B, T, H): final states, one per position
     finally:
         handle.remove()
@@ -60,7 +60,7 @@ def test_the_logged_loss_is_the_mean_cross_entropy_of_the_gold_tokens(tmp_path, 
     model, tokenizer = tiny
     data = write_gsm8k(tmp_path / "data", ITEMS)
     sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-              "--max-steps", "1", "--batch-size", "4", "--heldout", "0", "--micro-batch-tokens", "120"])
+              "--steps", "1", "--batch-size", "4", "--heldout", "0", "--micro-batch-tokens", "120"])
     logged = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     sequences = sft.dataset_sequences(ITEMS, tokenizer, model.config.eos_token_id, 4096)
     assert len(training.make_batches(sequences, 120)) > 1  # several micro-batches
@@ -93,28 +93,29 @@ def test_saved_checkpoint_loads_in_transformers_and_ours(tmp_path, tiny_checkpoi
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
     out = tmp_path / "out"
     sft.main(["--preset", "stress", "--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(out),
-              "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2"])
+              "--steps", "3", "--batch-size", "4", "--lr", "1e-2"])
     ours, theirs = Qwen3.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
     ids = torch.tensor([load_tokenizer(out).encode("Question: Ann has 3 pens\nAnswer:").ids])
     with torch.no_grad():
         assert (ours(ids) - theirs(ids).logits).abs().max() <= 1e-4
         assert (ours(ids) - tiny[0](ids)).abs().max() > 1e-3  # training changed the model
     args = json.loads((out / "args.json").read_text())
-    assert args["lora_rank"] == 64 and args["lr"] == 1e-2 and args["epochs"] == 5  # preset, then the flag
+    assert args["lora_rank"] == 64 and args["lr"] == 1e-2 and args["steps"] == 3  # preset, then the flags
+    assert args["epochs"] is None  # --steps sets the run's length: the preset's epochs are not used
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
-    common = ["--model", str(tiny_checkpoint), "--data-dir", str(data), "--max-steps", "4", "--batch-size", "4",
+    common = ["--model", str(tiny_checkpoint), "--data-dir", str(data), "--steps", "4", "--batch-size", "4",
               "--lr", "1e-2", "--lora-dropout", "0.1", "--save-every", "2", "--heldout", "0"]
     sft.main(common + ["--out", str(tmp_path / "whole")])
 
     original = training.Run.train_step
 
-    def interrupted(self, *args):
+    def interrupted(self, *args, **kwargs):
         if self.step == 3:
             raise KeyboardInterrupt  # the power goes off during step 4
-        return original(self, *args)
+        return original(self, *args, **kwargs)
     monkeypatch.setattr(training.Run, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sft.main(common + ["--out", str(tmp_path / "split")])
@@ -132,16 +133,16 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_checkpoint, 
 def test_ctrl_c_finishes_the_step_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path, tiny_checkpoint,
                                                                                          monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
-    common = ["--model", str(tiny_checkpoint), "--data-dir", str(data), "--max-steps", "4", "--batch-size", "4",
+    common = ["--model", str(tiny_checkpoint), "--data-dir", str(data), "--steps", "4", "--batch-size", "4",
               "--lr", "1e-2", "--lora-dropout", "0.1", "--save-every", "0", "--heldout", "0"]
     sft.main(common + ["--out", str(tmp_path / "whole")])
     original, handler = training.Run.train_step, signal.getsignal(signal.SIGINT)
 
-    def interrupted(self, *args):
+    def interrupted(self, *args, **kwargs):
         if self.step == 1:  # Ctrl-C in the middle of step 2, delivered twice (as a scheduler and study.py may)
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, *args)
+        return original(self, *args, **kwargs)
     monkeypatch.setattr(training.Run, "train_step", interrupted)
     with pytest.raises(training.Interrupted) as interrupt:
         sft.main(common + ["--out", str(tmp_path / "split")])
@@ -165,16 +166,16 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
     original = training.Run.train_step
 
-    def impatient(self, *args):
+    def impatient(self, *args, **kwargs):
         if self.step == 1:
             os.kill(os.getpid(), signal.SIGINT)
             self.stopper.signalled_at -= 10  # the second Ctrl-C comes seconds later
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, *args)
+        return original(self, *args, **kwargs)
     monkeypatch.setattr(training.Run, "train_step", impatient)
     with pytest.raises(training.Interrupted, match="stopped at once during step 2; nothing was saved"):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-                  "--max-steps", "4", "--batch-size", "4", "--heldout", "0", "--save-every", "0"])
+                  "--steps", "4", "--batch-size", "4", "--heldout", "0", "--save-every", "0"])
     assert not (tmp_path / "out").exists()
 
 
@@ -182,14 +183,14 @@ def test_resume_state_is_saved_every_50_steps_by_default(tmp_path, tiny_checkpoi
     data = write_gsm8k(tmp_path / "data", ITEMS * 2)
     original = training.Run.train_step
 
-    def power_cut(self, *args):
+    def power_cut(self, *args, **kwargs):
         if self.step == 52:
             raise KeyboardInterrupt  # no chance to save
-        return original(self, *args)
+        return original(self, *args, **kwargs)
     monkeypatch.setattr(training.Run, "train_step", power_cut)
     with pytest.raises(KeyboardInterrupt):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-                  "--max-steps", "60", "--epochs", "100", "--batch-size", "2", "--heldout", "0"])
+                  "--steps", "60", "--epochs", "100", "--batch-size", "2", "--heldout", "0"])
     assert json.loads((tmp_path / "out" / "progress.json").read_text())["step"] == 50
     assert (tmp_path / "out" / "resume" / "state.pt").exists()
 
@@ -217,24 +218,24 @@ def test_nan_weights_are_never_saved(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
     original = training.Run.train_step
 
-    def diverging(self, *args):
-        stats = original(self, *args)
+    def diverging(self, *args, **kwargs):
+        stats = original(self, *args, **kwargs)
         with torch.no_grad():
             self.parameters[0].fill_(float("nan"))
         return stats
     monkeypatch.setattr(training.Run, "train_step", diverging)
     with pytest.raises(training.TrainingError, match="NaN or infinite .*stopped before saving"):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-                  "--max-steps", "1", "--batch-size", "4", "--heldout", "0"])
+                  "--steps", "1", "--batch-size", "4", "--heldout", "0"])
     assert not (tmp_path / "out").exists()
 
 
 def test_nan_loss_stops_before_saving(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
-    monkeypatch.setattr(sft, "token_losses", lambda run, batch: torch.tensor([float("nan")]))
+    monkeypatch.setattr(sft, "token_losses", lambda run, batch, frozen: (torch.tensor([float("nan")]), {}))
     with pytest.raises(training.TrainingError, match="loss is nan"):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-                  "--max-steps", "2", "--batch-size", "4"])
+                  "--steps", "2", "--batch-size", "4"])
     assert not (tmp_path / "out").exists()
 
 
@@ -245,7 +246,7 @@ def run_cli(*arguments):
 
 def test_cli_on_real_data_and_bad_input(tmp_path, tiny_checkpoint, data_dir):
     out = tmp_path / "stress"
-    result = run_cli("--preset", "stress", "--model", tiny_checkpoint, "--data-dir", data_dir, "--max-steps", "5",
+    result = run_cli("--preset", "stress", "--model", tiny_checkpoint, "--data-dir", data_dir, "--steps", "5",
                      "--out", out)
     assert result.returncode == 0, result.stderr
     assert "step 5/5" in result.stdout and (out / "model.safetensors").exists()
@@ -274,7 +275,7 @@ def test_real_vocabulary_size_on_a_small_model(tmp_path, data_dir):
     model.source = data_dir / "qwen_tokenizer"
     model.save_pretrained(tmp_path / "qwen_shape")
     result = run_cli("--preset", "stress", "--model", tmp_path / "qwen_shape", "--data-dir", data_dir,
-                     "--max-steps", "2", "--batch-size", "8", "--limit", "400", "--out", tmp_path / "out")
+                     "--steps", "2", "--batch-size", "8", "--limit", "400", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert Qwen3.from_pretrained(tmp_path / "out").config.vocab_size == 151936
 
@@ -293,7 +294,7 @@ def test_the_optimizer_receives_the_clipped_gradient_and_the_log_the_unclipped_n
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     data = write_gsm8k(tmp_path / "data", ITEMS)
     sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
-              "--max-steps", "1", "--batch-size", "4", "--heldout", "0", "--grad-clip", "0.001"])
+              "--steps", "1", "--batch-size", "4", "--heldout", "0", "--grad-clip", "0.001"])
     logged = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["grad_norm"] > 0.01  # the unclipped norm, ten times the clip at least
     assert norms == [pytest.approx(0.001, rel=1e-3)]

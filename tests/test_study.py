@@ -190,7 +190,7 @@ def test_forward_kl_is_the_base_samples_log_ratio(tmp_path, tiny_checkpoint):
     """forward_kl against a direct computation: full forwards and log_softmax of both models on the base's own
     samples (which generate draws with the drift's seed), averaged over prompts."""
     import torch
-    from checkpoint import load_tokenizer
+    from infrastructure.checkpoint import load_tokenizer
     from evals import drift, gsm8k
     from model import Qwen3
     from sample import generate

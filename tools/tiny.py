@@ -1,7 +1,7 @@
 """
 A tiny random Qwen3 and its tokenizer: every script runs offline on it in seconds, and the tests use it.
 
-    python tiny.py ckpt/tiny                     # 2 layers, hidden 64, a 512-token byte-level BPE
+    python -m tools.tiny ckpt/tiny               # 2 layers, hidden 64, a 512-token byte-level BPE
     python sample.py --model ckpt/tiny --prompt "Question: 2 + 3?\\nAnswer:"
 
 The tokenizer is trained here, with `tokenizers`, on GSM8K-shaped text, and the vocabulary size is the
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from checkpoint import CheckpointError, atomic_directory
+from infrastructure.checkpoint import CheckpointError, atomic_directory
 from model import Config, Qwen3
 
 
@@ -63,11 +63,15 @@ def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int =
     return Path(out_dir)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="the checkpoint directory to write (must not exist)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if Path(args.out).exists():
         raise CheckpointError(f"{args.out} already exists: remove it or choose another directory")
     print(f"wrote a tiny random Qwen3 checkpoint to {write_tiny(args.out, seed=args.seed)}")

@@ -1,9 +1,10 @@
 """
 Data-parallel runs with torchrun: `torchrun --nproc_per_node=N script.py ...` starts N copies of a script,
-one per GPU (or N CPU processes with gloo). Each rank takes its share of a step's data (`shard`), the
-counts that losses and statistics are divided by are summed over the ranks (`all_sum`), and DDP
-(in training.py) all-reduces the gradients. Without torchrun, world_size() is 1 and every helper here
-returns its input: a single process never touches torch.distributed.
+one per GPU (or N CPU processes with gloo). Every rank starts from rank 0's weights (`broadcast_parameters`),
+takes its share of a step's data (`shard`), divides its loss by counts summed over the ranks (`all_sum`), and
+after backward the gradients are summed over the ranks (`all_reduce_gradients`): the sum is then the gradient
+one process would compute on the whole step. Without torchrun, world_size() is 1 and every helper here does
+nothing or returns its input: a single process never touches torch.distributed.
 """
 import atexit
 import os
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 
-def setup_distributed(device=None) -> torch.device:
+def setup(device=None) -> torch.device:
     """The device to run on. Under torchrun also join the process group: NCCL and one GPU per rank, or gloo on CPU."""
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -73,3 +74,34 @@ def barrier():
     """Wait for every rank (rank 0 saving a checkpoint, say)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_parameters(model: torch.nn.Module):
+    """Every parameter set to rank 0's value, as DDP does when it wraps a model: ranks start equal."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for parameter in model.parameters():
+            dist.broadcast(parameter.data, src=0)
+
+
+def all_reduce_gradients(parameters: list, bucket_bytes: int = 2**25):
+    """Sum each parameter's gradient over the ranks (a rank with no data contributes zeros). The gradients
+    travel in flat buckets of about 32 MiB: one collective call per bucket, not per tensor."""
+    if world_size() == 1:
+        return
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    bucket, size = [], 0
+    for index, parameter in enumerate(parameters):
+        bucket.append(parameter.grad)
+        size += parameter.grad.numel() * parameter.grad.element_size()
+        if size >= bucket_bytes or index == len(parameters) - 1:
+            flat = torch.cat([gradient.reshape(-1) for gradient in bucket])
+            dist.all_reduce(flat)
+            offset = 0
+            for gradient in bucket:
+                gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
+                offset += gradient.numel()
+            bucket, size = [], 0

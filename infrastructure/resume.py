@@ -1,8 +1,8 @@
 """
 What lets a training run stop and go on: the files a save writes beside the checkpoint (args.json,
 progress.json, metrics.jsonl, resume/state.pt), the check that a resumed run is the run that was saved, and
-stopping cleanly on Ctrl-C or SIGTERM (a cluster's pre-emption). training.Run uses these; a reader of the
-trainers can skip this file.
+stopping cleanly on Ctrl-C or SIGTERM (a cluster's pre-emption), and run_main, which turns what stopped a run
+into one line and an exit status. training.Run uses these; a reader of the trainers can skip this file.
 
     python sft.py --preset stress                   # Ctrl-C: finishes the step, saves, says how to resume
     python sft.py --preset stress --resume          # continues exactly where it stopped
@@ -10,14 +10,15 @@ trainers can skip this file.
 import json
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from checkpoint import check_writable, recover_directory
-from distributed import barrier, is_main
+from infrastructure.checkpoint import CheckpointError, check_writable, recover_directory
+from infrastructure.distributed import barrier, is_main
 
 
 class TrainingError(RuntimeError):
@@ -178,3 +179,18 @@ class StopOnSignal:
         """After the save of the step a signal asked to stop at: leave with the line that says how to resume."""
         raise Interrupted(f"interrupted at step {self.run.step}/{self.run.total_steps}: {self.hint()}",
                           128 + (self.requested or signal.SIGTERM))
+
+
+def run_main(main):
+    """Run a trainer's main(); expected failures become one `error:` line and exit status 1, an interrupt
+    one line and 130 (SIGINT) or 143 (SIGTERM)."""
+    try:
+        main()
+    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    except Interrupted as interrupt:
+        print(interrupt, file=sys.stderr)
+        sys.exit(interrupt.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before training started (loading data or the model)
+        print("interrupted before the first step: nothing was saved", file=sys.stderr)
+        sys.exit(130)

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from checkpoint import CheckpointError, atomic_directory, check_writable
+from infrastructure.checkpoint import CheckpointError, atomic_directory, check_writable
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
@@ -340,7 +340,7 @@ def read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) and "lab_world" in marker else None
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
     parser.add_argument("--world-seed", required=True, help="an integer: the world is a pure function of it")
@@ -357,7 +357,13 @@ def main(argv=None):
             or counts["vocab_size"] < 300 or not 1 <= counts["same_kind_distractors"] <= 3:
         sys.exit("error: counts must be at least 0 (--train, --test, --mmlu-test, --truthfulqa: 1), "
                  "--vocab-size at least 300, --same-kind-distractors 1 to 3")
-    out = Path(args.out)
+    args.world_seed, args.counts = seed, counts
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seed, counts, out = args.world_seed, args.counts, Path(args.out)
     try:
         check_writable(out)
     except CheckpointError as error:

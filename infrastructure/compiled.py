@@ -12,8 +12,7 @@ current one. The price: the cache stays allocated between calls (see docs/perfor
 """
 import torch
 
-from model import Qwen3
-from sample import KVCache
+from model import KVCache, Qwen3
 
 
 class CompiledDecoder:

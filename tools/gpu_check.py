@@ -4,9 +4,9 @@ without it), the compiled decode step, a few training steps of sft.py, rl.py and
 same data-parallel on every GPU under torchrun (NCCL), and `python -m evals` on one GPU and on all of
 them. Prints throughput and peak memory; exits 1 when any run fails.
 
-    python gpu_check.py --tokenizer ../shared/data/qwen_tokenizer/tokenizer.json
-    python gpu_check.py --tokenizer Qwen/Qwen3-0.6B-Base     # that hub checkpoint's tokenizer.json only
-    python gpu_check.py --tokenizer ... --gpus 1             # one GPU even when there are more
+    python -m tools.gpu_check --tokenizer ../shared/data/qwen_tokenizer/tokenizer.json
+    python -m tools.gpu_check --tokenizer Qwen/Qwen3-0.6B-Base     # that hub checkpoint's tokenizer.json only
+    python -m tools.gpu_check --tokenizer ... --gpus 1             # one GPU even when there are more
 
 The model is a random-weight checkpoint with Qwen3-0.6B's shape (bench.py's "0.6b": 28 layers, hidden
 1024, vocabulary 151,936), written here: random weights are a fair stand-in for speed and memory, not
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the project's root: the scripts run from there
 EOS = 151643  # <|endoftext|> in Qwen's tokenizer
 
 
@@ -54,7 +54,7 @@ def find_tokenizer(name: str) -> Path:
 
 def write_checkpoint(directory: Path, shape: str, tokenizer: Path, device: str):
     """A random-weight Qwen3 of bench.py's `shape` with Qwen's vocabulary and tokenizer, saved in bf16."""
-    from bench import random_checkpoint
+    from tools.bench import random_checkpoint
     random_checkpoint(shape, directory, vocab_size=151936, eos_token_id=EOS, dtype=torch.bfloat16, device=device)
     shutil.copy(tokenizer, directory / "tokenizer.json")
 
@@ -121,7 +121,7 @@ def without_timing(results: dict) -> dict:
     return results
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="Qwen's tokenizer.json: a file, a folder or a hub id")
     parser.add_argument("--data-dir", default=str(ROOT / "data" / "tiny"), help="--data-dir for the scripts")
@@ -129,9 +129,13 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per training run")
     parser.add_argument("--work", help="folder for the checkpoint and the runs (default: a temporary one, removed)")
     parser.add_argument("--cpu-dry-run", action="store_true", help="check this script on CPU (no CUDA path runs)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if not args.cpu_dry_run and not torch.cuda.is_available():
-        sys.exit(f"error: gpu_check.py needs a CUDA GPU, and torch.cuda.is_available() is False here (torch "
+        sys.exit(f"error: tools/gpu_check.py needs a CUDA GPU, and torch.cuda.is_available() is False here (torch "
                  f"{torch.__version__}, CUDA build {torch.version.cuda}); --cpu-dry-run checks the script itself")
     args.data_dir = str(Path(args.data_dir).resolve())  # the scripts run in this file's folder
     if not Path(args.data_dir, "gsm8k", "train.jsonl").is_file():
@@ -177,10 +181,10 @@ def main():
                   + " / ".join(line for line in result.stdout.splitlines() if "tokens/s" in line or "compile" in line))
 
         # --- training: a few steps of each script on one GPU, then data-parallel on all of them
-        common = ["--model", checkpoint, "--data-dir", args.data_dir, "--max-steps", args.steps]
+        common = ["--model", checkpoint, "--data-dir", args.data_dir, "--steps", args.steps]
         if args.cpu_dry_run:
             common += ["--device", "cpu"]
-        sampled = ["--prompts-per-step", 8, "--max-new-tokens", 128]
+        sampled = ["--batch-size", 8, "--max-new-tokens", 128]
         # a random model never gets a GSM8K answer right, and RL skips groups whose rewards all agree: with the
         # reference "[invalid]", a completion is rewarded when it holds no number, so the groups disagree
         rl_data = work / "rl_data"
@@ -191,9 +195,9 @@ def main():
         runs = [("sft LoRA r16", ["sft.py", "--preset", "mild", "--batch-size", 32]),
                 ("sft full, checkpointing", ["sft.py", "--preset", "mild", "--lora-rank", 0, "--lr", "1e-5",
                                               "--batch-size", 32, "--gradient-checkpointing"]),
-                ("rl LoRA r32", ["rl.py", *sampled, "--group-size", 8, "--eval-items", 8, "--eval-every", args.steps,
+                ("rl LoRA r32", ["rl.py", *sampled, "--samples-per-prompt", 8, "--heldout", 8, "--eval-every", args.steps,
                                  "--data-dir", rl_data]),
-                ("rl compiled decode, LoRA r32", ["rl.py", *sampled, "--group-size", 8, "--eval-items", 8,
+                ("rl compiled decode, LoRA r32", ["rl.py", *sampled, "--samples-per-prompt", 8, "--heldout", 8,
                                                   "--eval-every", args.steps, "--data-dir", rl_data, "--compile"]),
                 ("opd continuation, bf16 teacher", ["opd.py", "--teacher", checkpoint, "--teacher-dtype", "bfloat16",
                                                     *sampled]),

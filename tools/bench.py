@@ -2,9 +2,9 @@
 Speed, side by side in one run: our sampler against transformers' `generate`, and a training step
 (forward + backward) against transformers' forward + backward, on the same random-weight checkpoint.
 
-    python bench.py --shape small --batch 8                  # CPU, a small checkpoint
-    python bench.py --shape 0.6b --batch 8 --new-tokens 32   # CPU, the Qwen3-0.6B shape
-    python bench.py --shape 0.6b --batch 1 64 --compile      # CUDA: bf16, compiled decode step
+    python -m tools.bench --shape small --batch 8                  # CPU, a small checkpoint
+    python -m tools.bench --shape 0.6b --batch 8 --new-tokens 32   # CPU, the Qwen3-0.6B shape
+    python -m tools.bench --shape 0.6b --batch 1 64 --compile      # CUDA: bf16, compiled decode step
 
 Greedy decoding, the same prompts and lengths for both; prefill time is the time to the first token,
 decode tokens/s counts the tokens after it. Random weights are a fair stand-in for speed.
@@ -19,7 +19,7 @@ from model import Config, Qwen3, default_dtype, token_logprobs
 from sample import generate
 
 SHAPES = {  # hidden, layers, heads, kv heads, head_dim, intermediate, vocab
-    "tiny": (64, 2, 4, 2, 32, 128, 512),  # python tiny.py
+    "tiny": (64, 2, 4, 2, 32, 128, 512),  # python -m tools.tiny
     "small": (256, 4, 8, 4, 32, 768, 32000),
     "0.6b": (1024, 28, 16, 8, 128, 3072, 151936),  # Qwen3-0.6B-Base
 }
@@ -97,7 +97,7 @@ def bench_training(ours, theirs, batch, length, device, repeats):
     return rows
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="small")
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
@@ -108,7 +108,11 @@ def main():
     parser.add_argument("--compile", action="store_true", help="compile our decode step (CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many runs")
     parser.add_argument("--skip-training", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from transformers import AutoModelForCausalLM
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_dtype(device)

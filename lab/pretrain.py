@@ -1,8 +1,8 @@
 """
 Pretrain a small Qwen3 from scratch on a lab world's corpus (world.py): the lab's base model.
 
-    python world.py --world-seed 0 --out ckpt/lab/world0/world
-    python pretrain.py --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 9 minutes on 2 CPU cores
+    python -m lab.world --world-seed 0 --out ckpt/lab/world0/world
+    python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 9 minutes on 2 CPU cores
     python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
 
 Why it exists: the paper's lesson is about whose states a model is trained on, and a base model's own
@@ -15,7 +15,6 @@ corpus is tokenized once, documents joined by <|endoftext|>, cut into fixed-leng
 token carries the loss. Run starts from a checkpoint directory, so the random initial model is written
 first (with the world's tokenizer) into a folder beside --out. Ctrl-C saves; --resume continues.
 """
-import argparse
 import math
 import shutil
 import sys
@@ -25,17 +24,17 @@ import torch
 import torch.nn as nn
 
 import training
-from checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
 from evals import check_data_tokenizer
+from infrastructure.checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
+from infrastructure.resume import check_output, check_same_run, finished
+from lab.world import EOT, read_marker
 from model import Config, Qwen3
-from resume import check_output, check_same_run, finished
-from world import EOT, read_marker
 
 # The lab's base (our choice, sized on world seed 0 before any post-training ran): 0.92M parameters (the flags'
 # defaults), the 4.2M-token corpus seen twice, 1016 steps of 32 x 256 tokens: 518 s at 17-18k tokens/s on 2 CPU
 # cores. On world 0 it scores GSM8K 0.59 (flexible; strict 0: it never writes '####'), MMLU 0.61 (chance 0.25)
 # and TruthfulQA MC1 0.97: the retention tasks are learned, the main task half done.
-PRESET = dict(lr=2e-3, warmup_steps=50, lora_rank=0)
+PRESET = dict(epochs=2.0, batch_size=32, lr=2e-3, warmup_steps=50, lora_rank=0)
 
 # -----------------------------------------------------------------------------
 # Data: the corpus as fixed-length sequences of tokens, the loss on every token
@@ -78,10 +77,15 @@ def write_initial_checkpoint(directory: Path, tokenizer, args) -> Config:
     return config
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def token_losses(run, batch, frozen):
+    """-log p(next token) at every position after a sequence's first: the model's own pretraining loss."""
+    return -training.target_logprobs(run.model, batch), {}
+
+
+def parse_args(argv=None):
+    parser = training.parser(__doc__)
     parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
-    parser.add_argument("--world", required=True, help="a lab world folder written by world.py")
+    parser.add_argument("--world", required=True, help="a lab world folder written by lab/world.py")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -90,28 +94,28 @@ def main(argv=None):
     parser.add_argument("--intermediate-size", type=int, default=384)
     parser.add_argument("--context", type=int, default=512, help="max_position_embeddings of the model")
     parser.add_argument("--sequence-length", type=int, default=256, help="tokens per training sequence")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step")
-    parser.add_argument("--epochs", type=float, default=2.0, help="passes over the corpus")
-    training.add_arguments(parser, out="ckpt/lab/world0/base")
-    args = parser.parse_args(argv)
-    training.apply_preset(args, PRESET)
-    world, out = Path(args.world), Path(args.out)
-    if read_marker(world) is None:
-        raise ValueError(f"--world {world}: not a lab world (no world.json with lab_world; see world.py)")
+    args = training.finish_args(parser.parse_args(argv), PRESET, out="ckpt/lab/world0/base")
     if args.model != DEFAULT_MODEL:
         raise ValueError("--model: pretraining starts from random weights, sized by --hidden-size, --layers, ...")
     training.check_at_least(args, 1, "hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate_size",
-                            "context", "sequence_length", "batch_size")
-    if args.heads % args.kv_heads or not 0 < args.epochs < math.inf:
-        raise ValueError(f"--heads must be a multiple of --kv-heads and --epochs positive, got {args.heads}, "
-                         f"{args.kv_heads} and {args.epochs}")
+                            "context", "sequence_length")
+    if args.heads % args.kv_heads:
+        raise ValueError(f"--heads must be a multiple of --kv-heads, got {args.heads} and {args.kv_heads}")
     if args.lora_rank:
         raise ValueError("pretraining trains every weight: --lora-rank must be 0")
     if args.sequence_length > args.context:
         raise ValueError(f"--sequence-length {args.sequence_length} exceeds --context {args.context}")
+    if args.data_dir or args.limit or args.heldout:
+        raise ValueError("--data-dir, --limit and --heldout are the post-trainers' flags: pretraining reads "
+                         "--world's corpus.txt")
+    return args
 
-    if args.data_dir or args.limit:
-        raise ValueError("--data-dir and --limit are the trainers' flags: pretraining reads --world's corpus.txt")
+
+def main(argv=None):
+    args = parse_args(argv)
+    world, out = Path(args.world), Path(args.out)
+    if read_marker(world) is None:
+        raise ValueError(f"--world {world}: not a lab world (no world.json with lab_world; see lab/world.py)")
     world_tokenizer = load_tokenizer(world)  # a world folder holds its tokenizer.json as a checkpoint does
     # Run starts from a checkpoint: the random initial model, at a fixed path beside --out so that --resume
     # names the same --model; every save copies its tokenizer, so it stays until the run is over.
@@ -126,28 +130,21 @@ def main(argv=None):
     check_output(args)  # --out writable, not another run: before any work
 
     sequences = corpus_sequences(world, world_tokenizer, args.sequence_length)
-    if len(sequences) < args.batch_size:
-        raise ValueError(f"{world / 'corpus.txt'}: {len(sequences)} sequences of {args.sequence_length + 1} tokens, "
-                         f"fewer than one step's --batch-size {args.batch_size}")
-    total_steps = math.floor(args.epochs * (len(sequences) // args.batch_size))
-    total_steps = min(total_steps, args.max_steps or total_steps)
-    if total_steps < 1:
-        raise ValueError(f"no training steps: {len(sequences)} sequences, batch size {args.batch_size}")
+    steps = training.total_steps(args, len(sequences))
     config = write_initial_checkpoint(initial, world_tokenizer, args)
     try:
-        with training.Run(args, total_steps) as run:
+        with training.Run(args, steps) as run:
             parameters = sum(p.numel() for p in run.model.parameters())
             run.write(f"pretrain: {parameters / 1e6:.2f}M parameters, vocabulary {config.vocab_size}, "
                       f"{len(sequences)} sequences of {args.sequence_length} tokens "
-                      f"({len(sequences) * args.sequence_length / 1e6:.2f}M tokens), {total_steps} steps of "
+                      f"({len(sequences) * args.sequence_length / 1e6:.2f}M tokens), {steps} steps of "
                       f"{args.batch_size} sequences, lr {args.lr}, threads {torch.get_num_threads()}")
-            while run.step < total_steps:
-                chosen = training.examples_of_step(run.step, len(sequences), args.batch_size, args.seed)
+            while run.step < run.total_steps:
                 # the first token is the state, every later one a target: the model's own next-token loss
-                rows = [training.sequence(state=sequences[i][:1].tolist(), targets=sequences[i][1:].tolist())
-                        for i in chosen]
+                rows = [training.sequence(state=row[:1].tolist(), targets=row[1:].tolist())
+                        for row in run.examples_of_step(sequences)]
                 batches = training.make_batches(rows, args.micro_batch_tokens, run.device)
-                run.log(run.train_step(batches, lambda batch: -training.target_logprobs(run.model, batch)))
+                run.log(run.train_step(batches, token_losses, None, normaliser=training.target_count(batches)))
             run.save()
     finally:
         shutil.rmtree(initial, ignore_errors=True)
