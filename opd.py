@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 import training
 from evals import continuation_logprobs, gsm8k
-from infrastructure import distributed
+from infrastructure import distributed, flags
 from infrastructure.checkpoint import load_tokenizer
 from model import DTYPES, Qwen3
 from sample import generate
@@ -95,11 +95,11 @@ def continuation_sequences(run, teacher, prompts: list, rollouts: list) -> list:
     return [training.sequence(state=state, targets=tokens) for state, tokens in zip(states, taught) if tokens]
 
 
-def teacher_logprob_sequences(teacher, prompts: list, rollouts: list, batch_size: int) -> list:
+def teacher_logprob_sequences(run, teacher, prompts: list, rollouts: list) -> list:
     """reverse_kl: the prompt as the state, the student's own rollout as the targets, each token with the teacher's
     log-probability of it."""
     pairs = [(prompt, rollout) for prompt, rollout in zip(prompts, rollouts) if rollout]
-    logprobs = continuation_logprobs(teacher, pairs, batch_size=batch_size)
+    logprobs = continuation_logprobs(teacher, pairs, batch_size=run.args.sample_batch_size)
     return training.rollout_sequences([p for p, _ in pairs], [r for _, r in pairs], teacher_logprob=logprobs)
 
 # -----------------------------------------------------------------------------
@@ -128,9 +128,9 @@ def chunked_kl(run, teacher, batch, direction: str, chunk_size: int = 256):
     return torch.cat(pieces)
 
 
-def token_losses(run, batch, frozen):
-    """The per-target loss of the --mode (N,), `frozen` being the teacher; reverse_kl and full_kl log the sum of
-    their KL estimate as `teacher_kl`."""
+def token_losses(run, batch, reference):
+    """The per-target loss of the --mode (N,), `reference` being the teacher; reverse_kl and full_kl log the sum
+    of their KL estimate as `teacher_kl`."""
     mode = run.args.mode
     if mode == "continuation":  # cross-entropy on the teacher's tokens
         return -training.target_logprobs(run.model, batch), {}
@@ -138,31 +138,32 @@ def token_losses(run, batch, frozen):
         logprobs = training.target_logprobs(run.model, batch)
         estimate = logprobs.detach() - batch.columns["teacher_logprob"]
         return estimate * logprobs, {"teacher_kl": estimate.sum().item()}
-    kl = chunked_kl(run, frozen, batch, run.args.kl_direction)
+    kl = chunked_kl(run, reference, batch, run.args.kl_direction)
     return kl, {"teacher_kl": kl.detach().sum().item()}
 
 # -----------------------------------------------------------------------------
 # One step: student rollouts, teacher signal, update
 
 
-def opd_step(run, prompts: list, frozen) -> dict:
-    """Under torchrun `prompts` are this rank's share of the step's; the statistics cover every rank's."""
+def opd_step(run, examples: list, reference) -> dict:
+    """Roll the student out from each example's prompt, get the teacher's signal on its states, update. Under
+    torchrun `examples` are this rank's share of the step's; the statistics cover every rank's."""
     args, started = run.args, time.perf_counter()
-    rollouts = run.sample(prompts, n=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
+    rollouts = run.sample(examples, n=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, stop=gsm8k.STOP, batch_size=args.sample_batch_size,
                           compile=args.compile)
     sampling_s = time.perf_counter() - started
-    prompts = [prompt for prompt in prompts for _ in range(args.samples_per_prompt)]  # one per rollout
+    prompts = [prompt for prompt in examples for _ in range(args.samples_per_prompt)]  # one per rollout
     rollouts = [before_stop(r, run.tokenizer) for r in rollouts]  # the student's tokens, stop text left out
     if args.mode == "continuation":
-        sequences = continuation_sequences(run, frozen, prompts, rollouts)
+        sequences = continuation_sequences(run, reference, prompts, rollouts)
     elif args.mode == "reverse_kl":
-        sequences = teacher_logprob_sequences(frozen, prompts, rollouts, args.sample_batch_size)
+        sequences = teacher_logprob_sequences(run, reference, prompts, rollouts)
     else:  # full_kl: the teacher's whole distribution is computed in the loss
         sequences = training.rollout_sequences(prompts, rollouts)
     teacher_s = time.perf_counter() - started - sampling_s
     batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-    update = run.train_step(batches, token_losses, frozen, normaliser=training.target_count(batches))
+    update = run.train_step(batches, token_losses, reference, normaliser=training.target_count(batches))
     rollout_tokens, rollout_count = distributed.all_sum(sum(map(len, rollouts))), distributed.all_sum(len(rollouts))
     return {**update, "completion_length": rollout_tokens / max(1, rollout_count),
             "sampling_tokens_per_s": rollout_tokens / sampling_s, "sampling_s": sampling_s, "teacher_s": teacher_s}
@@ -175,17 +176,16 @@ def parse_args(argv=None):
     parser.add_argument("--student", help="student checkpoint (default: --model, the base model)")
     parser.add_argument("--mode", choices=["continuation", "reverse_kl", "full_kl"], default="continuation")
     parser.add_argument("--kl-direction", choices=["reverse", "forward"], default="reverse", help="full_kl only")
-    parser.add_argument("--cuts", type=int, default=4, help="continuation: cut points K per rollout")
-    parser.add_argument("--continuation-tokens", type=int, default=32, help="continuation: teacher tokens L")
-    parser.add_argument("--teacher-temperature", type=float, default=0.0, help="continuation: 0 is greedy")
+    parser.add_argument("--cuts", type=flags.count(1), default=4, help="continuation: cut points K per rollout")
+    parser.add_argument("--continuation-tokens", type=flags.count(1), default=32,
+                        help="continuation: teacher tokens L")
+    parser.add_argument("--teacher-temperature", type=flags.number(at_least=0), default=0.0,
+                        help="continuation: 0 is greedy")
     parser.add_argument("--teacher-dtype", choices=DTYPES,
                         help="teacher weights (default: the dtype the teacher was saved in; float32 on CPU)")
     args = parser.parse_args(argv)
     suffix = "" if args.mode == "continuation" else f"_{args.mode}"
     args = training.finish_args(args, PRESET, out=f"ckpt/opd_{Path(args.teacher.rstrip('/')).name}{suffix}")
-    training.check_at_least(args, 1, "samples_per_prompt", "max_new_tokens", "cuts", "continuation_tokens",
-                            "sample_batch_size")
-    training.check_at_least(args, 0, "temperature", "teacher_temperature")
     if args.mode == "reverse_kl" and args.temperature != 1:  # the advantage needs the log-probs of the sampler
         raise ValueError(f"--temperature {args.temperature}: reverse_kl samples at temperature 1, the student it trains")
     args.model = args.student or args.model
@@ -194,17 +194,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    train_items, heldout = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
-                                                  args.seed)
+    train_items, heldout_items = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
+                                                        args.seed)
     with training.Run(args, training.total_steps(args, len(train_items))) as run:
-        train = training.prompts(run.tokenizer, train_items)
-        frozen = load_teacher(args.teacher, run.model, run.tokenizer, run.device, DTYPES.get(args.teacher_dtype))
-        run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, {run.total_steps} steps of "
-                  f"{args.batch_size} rollouts, lr {args.lr}, LoRA rank {args.lora_rank or 'none'}")
+        train = training.encode_prompts(run.tokenizer, train_items)  # the states come from the student's rollouts
+        reference = load_teacher(args.teacher, run.model, run.tokenizer, run.device, DTYPES.get(args.teacher_dtype))
+        run.write(f"opd ({args.mode}): teacher {args.teacher}, student {args.model}, "
+                  f"{training.describe_split(args, train_items, heldout_items)}, {run.total_steps} steps of "
+                  f"{args.batch_size} prompts x {args.samples_per_prompt} rollouts, lr {args.lr}, LoRA rank "
+                  f"{args.lora_rank or 'none (full fine-tuning)'}")
         while run.step < run.total_steps:
-            stats = opd_step(run, run.examples_of_step(train), frozen)
-            if heldout and run.evaluation_due():
-                stats["heldout_accuracy"] = training.heldout_accuracy(run, heldout)
+            stats = opd_step(run, run.step_examples(train), reference)
+            if heldout_items and run.evaluation_due():
+                stats["heldout_accuracy"] = training.heldout_accuracy(run, heldout_items)
             run.log(stats)
         run.save()
 

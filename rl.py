@@ -32,7 +32,7 @@ import torch
 
 import training
 from evals import gsm8k
-from infrastructure import distributed
+from infrastructure import distributed, flags
 from model import Qwen3, lora_disabled
 
 PRESET = dict(steps=100, batch_size=16, samples_per_prompt=8, lr=2e-5, lora_rank=32, lora_alpha=64, warmup_steps=5,
@@ -70,14 +70,15 @@ def advantage_sequences(prompts: list, completions: list, advantages: list, grou
     return training.rollout_sequences([prompts[i // group_size] for i in kept], [completions[i].tokens for i in kept],
                                       advantage=[[advantages[i]] * len(completions[i].tokens) for i in kept])
 
+
 # -----------------------------------------------------------------------------
 # The loss: REINFORCE with the group baseline, and the optional KL leash to the starting model
 
 
 def starting_model(run) -> Qwen3:
-    """The frozen starting point the KL leash holds the policy to: with LoRA, the policy itself, whose adapters
-    reference_logprobs switches off; in full fine-tuning, --model loaded again (after --resume the live
-    weights are no longer the starting ones)."""
+    """The reference the KL leash holds the policy to, the starting model: with LoRA, the policy itself with its
+    adapters switched off (reference_logprobs does that); in full fine-tuning, --model loaded again (after
+    --resume the live weights are no longer the starting ones)."""
     if run.args.lora_rank:
         return run.model
     return Qwen3.from_pretrained(run.args.model, device=run.device, dtype=torch.float32).eval().requires_grad_(False)
@@ -89,14 +90,14 @@ def reference_logprobs(start: Qwen3, batch) -> torch.Tensor:
         return training.target_logprobs(start, batch)
 
 
-def token_losses(run, batch, frozen):
-    """-A log p(own token | own state) per target (N,), + --kl-coef x k3 against the starting model `frozen`
+def token_losses(run, batch, reference):
+    """-A log p(own token | own state) per target (N,), + --kl-coef x k3 against the starting model `reference`
     when --kl-coef > 0, whose sum is logged as `kl`."""
     logprobs = training.target_logprobs(run.model, batch)  # (N,)
     losses = -batch.columns["advantage"] * logprobs
     if not run.args.kl_coef:
         return losses, {}
-    difference = reference_logprobs(frozen, batch) - logprobs
+    difference = reference_logprobs(reference, batch) - logprobs
     kl = torch.exp(difference) - difference - 1  # k3: unbiased for KL(now || start), always >= 0
     return losses + run.args.kl_coef * kl, {"kl": kl.detach().sum().item()}
 
@@ -104,7 +105,7 @@ def token_losses(run, batch, frozen):
 # One step: sample, reward, update
 
 
-def rl_step(run, examples: list, frozen=None) -> dict:
+def rl_step(run, examples: list, reference) -> dict:
     """Sample G completions of each example's prompt, reward them against its answer, update. Under torchrun
     `examples` are this rank's share of the step's; the statistics cover every rank's."""
     args, started = run.args, time.perf_counter()
@@ -126,13 +127,9 @@ def rl_step(run, examples: list, frozen=None) -> dict:
              "all_equal_groups": sum(len(set(g)) == 1 for g in groups) / len(groups),
              "completion_length": sum(lengths) / len(lengths), "max_length": max(lengths),
              "truncated": truncated / len(lengths), "sampling_tokens_per_s": sum(lengths) / sampling_s}
-    if distributed.all_sum(len(batches)):  # some rank has a group whose rewards differ (or a KL term to apply)
-        # N = every token sampled this step, zero-advantage groups' included: loss = -(1/N) sum A log p
-        stats.update(run.train_step(batches, token_losses, frozen, normaliser=max(1, sum(lengths))))
-    else:  # nothing to learn from: every group agreed; the step still counts
-        run.step += 1
-    stats.update(sampling_s=sampling_s, train_s=time.perf_counter() - started - sampling_s)
-    return stats
+    # N = every token sampled this step, zero-advantage groups' included: loss = -(1/N) sum A log p
+    return {**stats, **run.train_step(batches, token_losses, reference, normaliser=max(1, sum(lengths))),
+            "sampling_s": sampling_s}
 
 
 def parse_args(argv=None):
@@ -141,10 +138,9 @@ def parse_args(argv=None):
     parser.add_argument("--reward", choices=["flexible", "strict", "digit"], default="flexible",
                         help="GSM8K answer extraction; digit: a toy for random models (see `reward`)")
     parser.add_argument("--scale-rewards", action="store_true", help="divide advantages by the group std")
-    parser.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL penalty to the starting model")
+    parser.add_argument("--kl-coef", type=flags.number(at_least=0), default=0.0,
+                        help="k3 KL penalty to the starting model (0: none)")
     args = training.finish_args(parser.parse_args(argv), PRESET, out="ckpt/rl")
-    training.check_at_least(args, 1, "samples_per_prompt", "max_new_tokens", "sample_batch_size")
-    training.check_at_least(args, 0, "kl_coef")
     if args.temperature != 1:  # samples from p^(1/T) with gradients of log p: an off-policy estimate of neither
         raise ValueError(f"--temperature {args.temperature}: rl.py samples at temperature 1, the policy it trains")
     return args
@@ -152,18 +148,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    train_items, heldout = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
-                                                  args.seed)
+    train_items, heldout_items = training.split_heldout(gsm8k.load("train", args.data_dir)[:args.limit], args.heldout,
+                                                        args.seed)
     with training.Run(args, training.total_steps(args, len(train_items))) as run:
-        train = [{"prompt": prompt, "answer": item["answer"]}
-                 for prompt, item in zip(training.prompts(run.tokenizer, train_items), train_items)]
-        frozen = starting_model(run) if args.kl_coef else None
-        run.write(f"rl: {run.total_steps} steps of {args.batch_size} prompts x {args.samples_per_prompt} samples, "
-                  f"lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+        train = [{"prompt": prompt, "answer": item["answer"]}  # the states come from sampling these prompts
+                 for prompt, item in zip(training.encode_prompts(run.tokenizer, train_items), train_items)]
+        reference = starting_model(run) if args.kl_coef else None
+        run.write(f"rl: {training.describe_split(args, train_items, heldout_items)}, {run.total_steps} steps of "
+                  f"{args.batch_size} prompts x {args.samples_per_prompt} samples, lr {args.lr}, LoRA rank "
+                  f"{args.lora_rank or 'none (full fine-tuning)'}")
         while run.step < run.total_steps:
-            stats = rl_step(run, run.examples_of_step(train), frozen)
-            if heldout and run.evaluation_due():
-                stats["heldout_accuracy"] = training.heldout_accuracy(run, heldout)
+            stats = rl_step(run, run.step_examples(train), reference)
+            if heldout_items and run.evaluation_due():
+                stats["heldout_accuracy"] = training.heldout_accuracy(run, heldout_items)
             run.log(stats)
         run.save()
 

@@ -1,8 +1,8 @@
 """
 Sampling with a hand-written static KV cache: the engine that produces the learner's states.
 
-    python sample.py --model ckpt/tiny --prompt "Question: 2 + 3?\nAnswer:" --n 4 --temperature 1 --seed 0
-    python sample.py --prompt "Question: ...\nAnswer:"           # Qwen/Qwen3-0.6B-Base from the hub
+    python sample.py --model ckpt/tiny --prompt "Question: 2 + 3?\\nAnswer:" --n 4 --temperature 1 --seed 0
+    python sample.py --prompt "Question: Ann has 3 pens and buys 2 more. How many pens?\\nAnswer:"   # Qwen3-0.6B-Base
 
 A batch of ragged prompts is left-padded, so every row writes the same cache slot at each step:
 row b holds pad[b] padding slots, then its prompt, then its completion. Each row has its own rotary
@@ -12,7 +12,7 @@ cache copied to the other rows of its group, so the n samples of a prompt share 
 Sampling is reproducible per prompt: each prompt's random numbers come from a generator seeded by
 (seed, the prompt's tokens), so a prompt gets the same samples alone, in a batch, or on another rank.
 """
-import argparse
+import math
 import sys
 import time
 import zlib
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from infrastructure import flags
 from infrastructure.checkpoint import DEFAULT_MODEL, CheckpointError, load_tokenizer
 from model import KVCache, Qwen3
 
@@ -101,7 +102,7 @@ def generate(model: Qwen3, prompts: list, *, max_new_tokens: int, temperature: f
                                   ("batch_size", batch_size or 1, 1)):
         if value < smallest:
             raise ValueError(f"{name} must be at least {smallest}, got {value}")
-    if temperature < 0 or not 0 < top_p <= 1:
+    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1:  # NaN fails both
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
     context = model.config.max_position_embeddings
     for prompt in prompts:
@@ -135,7 +136,7 @@ def generate_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, n,
     input_ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
 
     rows = len(prompts) * n
-    if compile:  # a view of the compiled step's own cache, perhaps longer than max_len (see compiled.py)
+    if compile:  # a view of the compiled step's own cache, perhaps longer than max_len (see infrastructure/compiled.py)
         from infrastructure.compiled import compiled_decoder
         decoder = compiled_decoder(model)
         cache, step_function = decoder.cache_for(rows, max_len), decoder.step
@@ -217,21 +218,22 @@ def finish_rows(tokens, step, length, reasons, texts, eos_ids, stop, tokenizer) 
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.parser(__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub repo id")
     parser.add_argument("--prompt", required=True, help="prompt text (\\n is a newline)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="0 keeps all tokens")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--n", type=int, default=1, help="samples of the prompt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=flags.count(1), default=64)
+    parser.add_argument("--temperature", type=flags.number(at_least=0), default=0.0, help="0 is greedy")
+    parser.add_argument("--top-k", type=flags.count(0), default=0, help="0 keeps all tokens")
+    parser.add_argument("--top-p", type=flags.number(above=0, at_most=1), default=1.0)
+    parser.add_argument("--n", type=flags.count(1), default=1, help="samples of the prompt")
+    parser.add_argument("--seed", type=flags.count(0), default=0)
     parser.add_argument("--stop", action="append", help="stop string (repeatable)")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     args = parser.parse_args(argv)
-    for name in ("n", "max_new_tokens"):  # refused before the model loads, in generate's words
-        if getattr(args, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(args, name)}")
+    try:  # undecodable bytes in argv arrive as lone surrogates, which no tokenizer takes
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("--prompt is not valid UTF-8 text") from None
     return args
 
 

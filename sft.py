@@ -21,13 +21,12 @@ import training
 from evals import gsm8k
 from infrastructure import distributed
 
+COMMON = dict(batch_size=32, warmup_steps=10, heldout=200, eval_every=50)
 PRESETS = {
     # ours: the paper gives no mild settings. One epoch at a low learning rate, small adapters.
-    "mild": dict(epochs=1, batch_size=32, lr=5e-5, lora_rank=16, lora_alpha=32, warmup_steps=10, heldout=200,
-                 eval_every=50),
+    "mild": dict(COMMON, epochs=1, lr=5e-5, lora_rank=16, lora_alpha=32),
     # the paper's stress run: 5 epochs, learning rate 5e-4, LoRA rank 64, alpha 128
-    "stress": dict(epochs=5, batch_size=32, lr=5e-4, lora_rank=64, lora_alpha=128, warmup_steps=10, heldout=200,
-                   eval_every=50),
+    "stress": dict(COMMON, epochs=5, lr=5e-4, lora_rank=64, lora_alpha=128),
 }
 
 # -----------------------------------------------------------------------------
@@ -38,7 +37,7 @@ def dataset_sequences(items: list, tokenizer, eos: int, context: int) -> list:
     """One training sequence per GSM8K item: the question as the state, its gold solution + end of text as targets."""
     golds = tokenizer.encode_batch([gsm8k.target(item["answer"]) for item in items], add_special_tokens=False)
     sequences = []
-    for prompt, gold in zip(training.prompts(tokenizer, items), golds):
+    for prompt, gold in zip(training.encode_prompts(tokenizer, items), golds):
         if len(prompt) + len(gold.ids) + 1 > context:
             raise ValueError(f"a training example of {len(prompt) + len(gold.ids) + 1} tokens exceeds the "
                              f"model's context of {context}")
@@ -46,19 +45,19 @@ def dataset_sequences(items: list, tokenizer, eos: int, context: int) -> list:
     return sequences
 
 
-def token_losses(run, batch, frozen):
-    """-log p(gold token | dataset state) per target (N,); nothing else to log. `frozen` is None: the signal is
-    in the data."""
+def token_losses(run, batch, reference):
+    """-log p(gold token | dataset state) per target (N,); nothing else to log. No `reference` model: the signal
+    is in the data."""
     return -training.target_logprobs(run.model, batch), {}
 
 # -----------------------------------------------------------------------------
 # One step, and the held-out measure
 
 
-def sft_step(run, sequences: list, frozen=None) -> dict:
-    """One update on dataset sequences (under torchrun, this rank's share of the step's)."""
-    batches = training.make_batches(sequences, run.args.micro_batch_tokens, run.device)
-    return run.train_step(batches, token_losses, frozen, normaliser=training.target_count(batches))
+def sft_step(run, examples: list, reference) -> dict:
+    """One update on this step's dataset sequences (under torchrun, this rank's share of them)."""
+    batches = training.make_batches(examples, run.args.micro_batch_tokens, run.device)
+    return run.train_step(batches, token_losses, reference, normaliser=training.target_count(batches))
 
 
 @torch.no_grad()
@@ -67,7 +66,7 @@ def heldout_loss(run, sequences: list) -> float:
     batches = training.make_batches(distributed.shard(sequences), run.args.micro_batch_tokens, run.device)
     run.model.eval()
     with run.autocast():
-        total = sum(token_losses(run, batch, None)[0].sum().item() for batch in batches)
+        total = sum(token_losses(run, batch, reference=None)[0].sum().item() for batch in batches)
     run.model.train()
     return distributed.all_sum(total) / training.target_count(batches)
 
@@ -85,13 +84,15 @@ def main(argv=None):
                                                         args.seed)
     with training.Run(args, training.total_steps(args, len(train_items))) as run:
         eos, context = run.model.config.eos_token_id, run.model.config.max_position_embeddings
-        train = dataset_sequences(train_items, run.tokenizer, eos, context)
+        train = dataset_sequences(train_items, run.tokenizer, eos, context)  # the states: dataset trajectories
         heldout = dataset_sequences(heldout_items, run.tokenizer, eos, context)
-        run.write(f"sft ({args.preset}): {len(train)} examples, {len(heldout)} held out, {run.total_steps} steps "
-                  f"of {args.batch_size}, lr {args.lr}, LoRA rank {args.lora_rank or 'none (full fine-tuning)'}")
+        reference = None  # the signal is in the data
+        run.write(f"sft ({args.preset}): {training.describe_split(args, train_items, heldout_items)}, "
+                  f"{run.total_steps} steps of {args.batch_size}, lr {args.lr}, LoRA rank "
+                  f"{args.lora_rank or 'none (full fine-tuning)'}")
         while run.step < run.total_steps:
-            stats = sft_step(run, run.examples_of_step(train))
-            if heldout and run.evaluation_due():
+            stats = sft_step(run, run.step_examples(train), reference)
+            if heldout_items and run.evaluation_due():
                 stats["heldout_loss"] = heldout_loss(run, heldout)
             run.log(stats)
         run.save()

@@ -20,7 +20,6 @@ ckpt/<run> (ckpt/tiny_study/<run> with --tiny, ckpt/lab/worldN/<run> with --lab)
 results/<run>/{eval,drift}.json, the report in results/report.md with its plots, and the seconds each stage
 took in stage_seconds.json.
 """
-import argparse
 import json
 import os
 import signal
@@ -31,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evals import write_atomically
-from infrastructure.checkpoint import DEFAULT_MODEL, recover_directory
+from infrastructure import flags
+from infrastructure.checkpoint import (DEFAULT_MODEL, CheckpointError, check_writable, hold_lock, recover_directory,
+                                       release_lock)
 from infrastructure.resume import finished
 
 ROOT = Path(__file__).resolve().parent
@@ -187,24 +188,25 @@ def run_stage(stage: Stage, environment: dict) -> int:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
+    parser = flags.parser(__doc__)
     parser.add_argument("--model", help=f"the base model (default {DEFAULT_MODEL}; with --tiny, a tiny random one)")
     parser.add_argument("--data-dir", help="local data (default: the hub; with --tiny, data/tiny)")
-    parser.add_argument("--limit", type=int, help="evaluate N items per task (default: all; 8 with --tiny)")
-    parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars in evals and drift")
-    parser.add_argument("--seeds", type=int, nargs="+", help="repeat the training runs per seed (default 0; "
-                                                                  "--lab: 0 1 2)")
+    parser.add_argument("--limit", type=flags.count(1), help="evaluate N items per task (default: all; 8 with --tiny)")
+    parser.add_argument("--shots", type=flags.count(0), default=0, help="few-shot exemplars in evals and drift")
+    parser.add_argument("--seeds", type=flags.count(0), nargs="+", help="repeat the training runs per seed "
+                                                                        "(default 0; --lab: 0 1 2)")
     parser.add_argument("--ablation", action="store_true", help="add OPD with the one-step full-vocabulary KL")
     parser.add_argument("--compile", action="store_true", help="compile the decode step in rl, opd, GSM8K evals (GPU)")
     parser.add_argument("--tiny", action="store_true", help="the whole pipeline on a tiny random model, offline")
     parser.add_argument("--lab", action="store_true", help="the study in a world and on a base model of our own")
-    parser.add_argument("--world-seed", type=int, help="--lab: the world to generate (default 0)")
+    parser.add_argument("--world-seed", type=flags.count(0), help="--lab: the world to generate (default 0)")
     parser.add_argument("--ckpt-dir", type=Path, help="where checkpoints go (default ckpt, ckpt/tiny_study, "
                                                       "ckpt/lab/worldN)")
     parser.add_argument("--results-dir", type=Path, help="where results go (default results, results/tiny_study, "
                                                          "results/lab/worldN)")
     args = parser.parse_args(argv)
+    if args.seeds and len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice would count twice in the spread")
     if args.tiny and args.lab:
         parser.error("--tiny and --lab are two different studies: choose one")
     if args.world_seed is not None and not args.lab:
@@ -219,7 +221,7 @@ def parse_args(argv=None):
     if args.tiny:
         args.model = args.model or str(args.ckpt_dir / "base")
         args.data_dir = args.data_dir or str(TINY_DATA)
-        args.limit = args.limit or 8
+        args.limit = 8 if args.limit is None else args.limit
     if args.lab:
         args.model, args.data_dir = str(args.ckpt_dir / "base"), str(args.ckpt_dir / "world")
     args.model = args.model or DEFAULT_MODEL
@@ -229,12 +231,31 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.tiny and not Path(args.model).exists():
-        print(f"$ python -m tools.tiny {args.model}", flush=True)
-        subprocess.run([sys.executable, "-m", "tools.tiny", args.model], check=True, cwd=ROOT)
-    plan = stages(args)
+    try:  # one study per results folder: a second one is refused (its stages lock their own outputs)
+        for folder in (args.ckpt_dir, args.results_dir):
+            if folder.exists() and not folder.is_dir():
+                raise CheckpointError(f"{folder}: cannot be created, it is a file")
+            check_writable(folder)
+        hold_lock(args.results_dir)
+    except (CheckpointError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        return run_stages(args)
+    finally:
+        release_lock(args.results_dir)
+
+
+def run_stages(args) -> int:
+    """Every stage in order: one done by the same command is skipped, the others run; 0, or the exit status."""
     # `python -m evals` from any directory: the project's modules on the path, paths as the user gave them
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.tiny and not Path(args.model).exists():
+        print(f"$ python -m tools.tiny {args.model}", flush=True)
+        if subprocess.run([sys.executable, "-m", "tools.tiny", args.model], env=environment).returncode != 0:
+            print("error: the tiny base model could not be written (the line above says why)", file=sys.stderr)
+            return 1
+    plan = stages(args)
     manifest = args.results_dir / "stages.json"  # output -> the command that made it
     try:
         recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
@@ -263,12 +284,15 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
         recorded[str(stage.output)] = stage.command
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps(recorded, indent=1) + "\n")
         print(f"[{number}/{len(plan)}] {stage.description}: {seconds:.0f} s", flush=True)
         times = args.results_dir / "stage_seconds.json"  # the run that finished each stage (not one cut before it)
-        timed = json.loads(times.read_text()) if times.exists() else {}
-        write_atomically(times, {**timed, stage.description: round(seconds, 1)})
+        try:
+            write_atomically(manifest, recorded)
+            timed = json.loads(times.read_text()) if times.exists() else {}
+            write_atomically(times, {**timed, stage.description: round(seconds, 1)})
+        except (CheckpointError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     print(f"study finished in {time.perf_counter() - started:.0f} s: {args.results_dir / 'report.md'}")
     return 0
 

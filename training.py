@@ -6,32 +6,33 @@ the training step, logging, and checkpoints that --resume continues.
 
 Every trainer's main has one shape:
 
-    args = parse_args(argv)                                   # these flags, the trainer's own, its preset
-    train, heldout = training.split_heldout(gsm8k.load("train", args.data_dir), args.heldout, args.seed)
-    with training.Run(args, training.total_steps(args, len(train))) as run:   # or resumed from --out/resume/
-        examples = ...                                        # the train items as the trainer's examples
+    args = parse_args(argv)                               # these flags, the trainer's own, its preset
+    items = gsm8k.load("train", args.data_dir)[:args.limit]
+    train_items, heldout_items = training.split_heldout(items, args.heldout, args.seed)
+    with training.Run(args, training.total_steps(args, len(train_items))) as run:   # or resumed from --out
+        train = ...                                       # the items as the trainer's examples
+        reference = ...                                   # the model the signal is measured against, if any
         while run.step < run.total_steps:
-            stats = trainer_step(run, run.examples_of_step(examples), frozen)
-            run.log(stats)                                    # + a held-out measure every --eval-every steps
+            stats = trainer_step(run, run.step_examples(train), reference)
+            run.log(stats)                                # + a held-out measure every --eval-every steps
         run.save()
 
 and every step ends in the same update, after building its training sequences:
 
     sequences = [training.sequence(state=prompt, targets=completion, advantage=[a] * len(completion))]
     batches = training.make_batches(sequences, args.micro_batch_tokens, run.device)
-    stats = run.train_step(batches, token_losses, frozen, normaliser)   # sum of token_losses / normaliser
+    stats = run.train_step(batches, token_losses, reference, normaliser)   # sum of token_losses / normaliser
 
-`token_losses(run, batch, frozen)` returns the per-target losses (N,) and the sums to log; `frozen` is the
-model the signal comes from (RL's starting model, OPD's teacher; None for SFT). About 390 lines, over the 250
-of its budget: it holds every flag, the held-out rule and the step count, so that the three mains are one. Ctrl-C or SIGTERM inside the
-`with` finishes the step, saves, and says how to resume (infrastructure/resume.py). Under `torchrun
---nproc_per_node=N` each rank takes its share of a step's examples, the normaliser counts every rank's
-tokens, and one all-reduce sums the gradients (infrastructure/distributed.py); one process never starts it.
+`token_losses(run, batch, reference)` returns the per-target losses (N,) and the sums to log; `reference` is the
+model the signal is measured against (RL's starting model, OPD's teacher; None for SFT). Ctrl-C or SIGTERM
+inside the `with` finishes the step, saves, and says how to resume (infrastructure/resume.py). Under `torchrun
+--nproc_per_node=N` each rank takes its share of a step's examples, the normaliser counts every rank's tokens,
+and one all-reduce sums the gradients (infrastructure/distributed.py); one process never starts it. About 390
+lines, over the 250 of its budget: it holds every flag, the held-out rule and the step count, so that the three
+mains are one.
 """
-import argparse
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,10 @@ import torch
 from tqdm import tqdm
 
 from evals import check_data_tokenizer, gsm8k
-from infrastructure import distributed
-from infrastructure.checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
-from infrastructure.resume import (Interrupted, StopOnSignal, TrainingError, check_output, read_state, run_main,
-                                   write_state)
+from infrastructure import distributed, flags
+from infrastructure.checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer, release_lock, write_failure
+from infrastructure.resume import StopOnSignal, TrainingError, check_output, read_state, write_state
+from infrastructure.resume import Interrupted, run_main  # noqa: F401 (the trainers' training.run_main, and tests')
 from model import DTYPES, Qwen3, add_lora, default_dtype, token_logprobs
 from sample import generate
 
@@ -52,83 +53,71 @@ from sample import generate
 
 
 def parser(description: str):
-    """The flags every trainer has. Flags left at None are filled from the trainer's preset (finish_args)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags every trainer has, each checked as it is parsed (infrastructure/flags.py). Flags left at None are
+    filled from the trainer's preset (finish_args)."""
+    parser = flags.parser(description)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="starting checkpoint: directory or hub id")
     parser.add_argument("--out", help="output checkpoint directory (default: ckpt/<run name>)")
     parser.add_argument("--data-dir", help="local data in the original formats (default: the hub)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default: the preset's, or --epochs)")
-    parser.add_argument("--epochs", type=float, help="passes over the training items, when --steps is not given")
-    parser.add_argument("--batch-size", type=int, help="training items per optimizer step")
-    parser.add_argument("--limit", type=int, help="use only the first N training items")
-    parser.add_argument("--heldout", type=int, help="training items kept out, for the held-out measure")
-    parser.add_argument("--eval-every", type=int, help="the held-out measure every N steps, and at the end")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--warmup-steps", type=int, help="linear warmup before the cosine decay")
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--grad-clip", type=float, default=1.0)
-    parser.add_argument("--lora-rank", type=int, help="0 means full fine-tuning")
-    parser.add_argument("--lora-alpha", type=float)
-    parser.add_argument("--lora-dropout", type=float, default=0.0)
-    parser.add_argument("--micro-batch-tokens", type=int, default=8192, help="padded tokens per forward")
+    parser.add_argument("--steps", type=flags.count(1), help="optimizer steps (default: the preset's, or --epochs)")
+    parser.add_argument("--epochs", type=flags.number(above=0), help="passes over the training items, when --steps "
+                        "is not given")
+    parser.add_argument("--batch-size", type=flags.count(1), help="training items per optimizer step")
+    parser.add_argument("--limit", type=flags.count(1), help="use only the first N training items")
+    parser.add_argument("--heldout", type=flags.count(0), help="training items kept out, for the held-out measure "
+                        "(0: none)")
+    parser.add_argument("--eval-every", type=flags.count(1), help="the held-out measure every N steps, and at the end")
+    parser.add_argument("--lr", type=flags.number(above=0), help="peak learning rate")
+    parser.add_argument("--warmup-steps", type=flags.count(0), help="linear warmup before the cosine decay")
+    parser.add_argument("--weight-decay", type=flags.number(at_least=0), default=0.0)
+    parser.add_argument("--grad-clip", type=flags.number(above=0), default=1.0)
+    parser.add_argument("--lora-rank", type=flags.count(0), help="0 means full fine-tuning")
+    parser.add_argument("--lora-alpha", type=flags.number(above=0))
+    parser.add_argument("--lora-dropout", type=flags.number(at_least=0, below=1), default=0.0)
+    parser.add_argument("--micro-batch-tokens", type=flags.count(1), default=8192, help="padded tokens per forward")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
-    parser.add_argument("--save-every", type=int, default=50,
+    parser.add_argument("--save-every", type=flags.count(0), default=50,
                         help="checkpoint and resume state every N steps, and at the end (0: only at the end)")
     parser.add_argument("--save-dtype", choices=DTYPES, default="float32")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=flags.count(0), default=0)
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     return parser
 
 
 def add_sampling_arguments(parser):
     """The flags of the trainers that sample the policy's own states (rl.py, opd.py)."""
-    parser.add_argument("--samples-per-prompt", type=int, help="completions of each prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="length of the sampled completions")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument("--sample-batch-size", type=int, default=128, help="rows decoded together")
+    parser.add_argument("--samples-per-prompt", type=flags.count(1), help="completions of each prompt")
+    parser.add_argument("--max-new-tokens", type=flags.count(1), default=256, help="length of the sampled completions")
+    parser.add_argument("--temperature", type=flags.number(at_least=0), default=1.0, help="sampling temperature")
+    parser.add_argument("--sample-batch-size", type=flags.count(1), default=128, help="rows decoded together")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
 
 
 def finish_args(args, preset: dict, out: str):
     """Fill every flag the user left unset from the preset (the run's length, --steps or --epochs, only when the
-    user set neither), set --out when not given, and check the flags every trainer has."""
+    user set neither) and set --out when not given."""
     for name, value in preset.items():
         user_set_length = name in ("steps", "epochs") and (args.steps is not None or args.epochs is not None)
         if getattr(args, name, None) is None and not user_set_length:
             setattr(args, name, value)
     args.out = args.out or out
-    check_at_least(args, 1, "steps", "batch_size", "limit", "eval_every", "micro_batch_tokens")
-    check_at_least(args, 0, "heldout", "warmup_steps", "weight_decay", "lora_rank", "lora_dropout", "save_every")
-    if not 0 < args.lr < math.inf or not 0 < args.grad_clip < math.inf:  # 0 or inf: nothing learned, or NaN
-        raise ValueError(f"--lr and --grad-clip must be positive and finite, got {args.lr} and {args.grad_clip}")
-    if args.epochs is not None and not 0 < args.epochs < math.inf:
-        raise ValueError(f"--epochs must be positive and finite, got {args.epochs}")
-    if args.lora_rank and not 0 < args.lora_alpha < math.inf:  # alpha 0 scales the adapters to nothing
-        raise ValueError(f"--lora-alpha must be positive, got {args.lora_alpha}")
-    if args.lora_dropout >= 1:
-        raise ValueError(f"--lora-dropout must be below 1, got {args.lora_dropout}")
     return args
-
-
-def check_at_least(args, minimum, *names):
-    """One line for a count below `minimum` (flags left unset, None, are not checked)."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
 def split_heldout(items: list, count: int, seed: int):
     """(train, held-out): `count` items chosen by a shuffle seeded by --seed are kept out of training, at most a
-    tenth of them (a line says so when that caps --heldout); the rest, in the shuffled order, train."""
-    if count > len(items) // 10:
-        print(f"--heldout {count}: keeping out {len(items) // 10}, a tenth of the {len(items)} training items",
-              file=sys.stderr)
-        count = len(items) // 10
+    tenth of them (the run's first line says when that caps --heldout); the rest, in the shuffled order, train."""
+    count = min(count, len(items) // 10)
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     return [items[i] for i in order[count:]], [items[i] for i in order[:count]]
+
+
+def describe_split(args, train: list, heldout: list) -> str:
+    """For a trainer's first line: how many items train and how many are held out (and why fewer than asked)."""
+    capped = f" (--heldout {args.heldout}: at most a tenth of the items)" if len(heldout) < args.heldout else ""
+    return f"{len(train)} training items, {len(heldout)} held out{capped}"
 
 
 def total_steps(args, examples: int) -> int:
@@ -159,7 +148,7 @@ def examples_of_step(step: int, count: int, batch_size: int, seed: int) -> list:
 # Training sequences and batches
 
 
-def prompts(tokenizer, items: list) -> list:
+def encode_prompts(tokenizer, items: list) -> list:
     """The GSM8K prompt of each item as token ids: the state every trainer starts from."""
     encodings = tokenizer.encode_batch([gsm8k.prompt(item["question"]) for item in items], add_special_tokens=False)
     return [encoding.ids for encoding in encodings]
@@ -232,8 +221,7 @@ def target_logprobs(model: Qwen3, batch: Batch) -> torch.Tensor:
 
 
 def load_policy(args, device) -> tuple:
-    """The model to train and its trainable parameters. The dtypes follow model.py's rule: with LoRA, the frozen
-    base in the compute dtype and float32 adapters; full fine-tuning, float32 weights."""
+    """The model to train and its trainable parameters, in the dtypes of model.py's rule."""
     dtype = default_dtype(device) if args.lora_rank else torch.float32
     model = Qwen3.from_pretrained(args.model, device=device, dtype=dtype)
     if args.lora_rank:
@@ -248,7 +236,22 @@ class Run:
     def __init__(self, args, total_steps: int):
         self.args, self.total_steps, self.out = args, total_steps, Path(args.out)
         self.device = distributed.setup(args.device)  # under torchrun: this rank's GPU, and the process group
-        resume_file = check_output(args)  # --out usable; with --resume, the saved run is this run
+        resume_file = check_output(args)  # --out's lock, --out usable; with --resume, the saved run is this run
+        try:
+            self.start(args, resume_file)
+        except BaseException:
+            release_lock(self.out)  # a run that could not start leaves nothing beside --out
+            raise
+        self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
+                             disable=None if distributed.is_main() else True)
+        self.started = time.perf_counter()
+        self.stopper = StopOnSignal(self)  # active inside `with Run(...)`
+        if self.step >= total_steps:
+            self.write(f"{self.out} finished all {total_steps} steps already: nothing to do")
+
+    def start(self, args, resume_file: Path):
+        """Seeds, the policy and its tokenizer, AdamW, and with --resume the saved state; every rank from rank 0's
+        weights."""
         random.seed(args.seed)
         torch.manual_seed(args.seed)
         self.model, self.parameters = load_policy(args, self.device)
@@ -260,14 +263,7 @@ class Run:
         if args.resume:
             read_state(self, resume_file)  # weights, optimizer, RNGs, step, metrics
             self.saved_step = self.step
-        distributed.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
-        self.progress = tqdm(total=total_steps, initial=self.step, desc=self.out.name, dynamic_ncols=True,
-                             disable=None if distributed.is_main() else True)
-        self.started = time.perf_counter()
-        self.stopper = StopOnSignal(self)  # active inside `with Run(...)`
-        if self.step >= total_steps:
-            self.write(f"{self.out} finished all {total_steps} steps already: nothing to do")
-
+        distributed.broadcast_parameters(self.model)
     def __enter__(self):
         self.stopper.__enter__()
         return self
@@ -275,9 +271,10 @@ class Run:
     def __exit__(self, *exception):
         self.stopper.__exit__(*exception)
         self.progress.close()
+        release_lock(self.out)
         return False
 
-    def examples_of_step(self, examples: list) -> list:
+    def step_examples(self, examples: list) -> list:
         """This step's --batch-size examples (examples_of_step), this rank's share of them under torchrun."""
         chosen = examples_of_step(self.step, len(examples), self.args.batch_size, self.args.seed)
         return [examples[index] for index in distributed.shard(chosen)]
@@ -311,18 +308,23 @@ class Run:
         if distributed.is_main():
             self.progress.write(text)
 
-    def train_step(self, batches: list, token_losses, frozen, normaliser: int) -> dict:
+    def train_step(self, batches: list, token_losses, reference, normaliser: int) -> dict:
         """One optimizer step: loss = (the sum over the step's targets of token_losses) / normaliser, backward
         through every micro-batch, the gradients summed over ranks, clipped, and AdamW's step. token_losses(run,
-        batch, frozen) -> (losses (N,), {name: sum to log}); each logged sum is shown per target."""
+        batch, reference) -> (losses (N,), {name: sum to log}); each logged sum is shown per target. A step with
+        no target on any rank (RL: every group's rewards agreed) changes nothing, and still counts."""
         started = time.perf_counter()
         learning_rate = self.learning_rate()
+        targets = distributed.all_sum(sum(batch.mask.sum().item() for batch in batches))  # every rank's
+        if targets == 0:
+            self.step += 1
+            return {"lr": learning_rate, "target_tokens": 0}
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         total, logged = 0.0, {}
         for batch in batches:
             with self.autocast():
-                losses, sums = token_losses(self, batch, frozen)
+                losses, sums = token_losses(self, batch, reference)
                 loss = losses.sum() / normaliser
             if not torch.isfinite(loss):
                 raise TrainingError(f"step {self.step + 1}: loss is {loss.item()}; stopped before saving anything")
@@ -337,12 +339,13 @@ class Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        targets = target_count(batches)
         tokens = distributed.all_sum(sum(batch.input_ids.numel() for batch in batches))  # every rank's
         seconds = time.perf_counter() - started
         stats = {"loss": distributed.all_sum(total), "lr": learning_rate, "grad_norm": norm.item(),
                  "target_tokens": targets, "train_tokens_per_s": tokens / seconds, "train_s": seconds}
-        stats.update({name: distributed.all_sum(value) / targets for name, value in logged.items()})
+        for sums in distributed.gather([logged]):  # every rank's sums, at once (a rank may have had no batch)
+            for name, value in sums.items():
+                stats[name] = stats.get(name, 0.0) + value / targets
         if self.device.type == "cuda":
             stats["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return stats
@@ -372,9 +375,12 @@ class Run:
             raise TrainingError(f"step {self.step}: {len(broken)} weight tensors are NaN or infinite ({broken[0]}, "
                                 f"...); stopped before saving them")
         if distributed.is_main():
-            with atomic_directory(self.out) as staging:
-                self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
-                write_state(self, staging)  # args.json, progress.json, metrics.jsonl, resume/
+            try:
+                with atomic_directory(self.out) as staging:
+                    self.model.write_checkpoint(staging, DTYPES[self.args.save_dtype])
+                    write_state(self, staging)  # args.json, progress.json, metrics.jsonl, resume/
+            except Exception as error:  # a full disk (torch.save: 'unexpected pos', safetensors: its own error), ...
+                raise TrainingError(write_failure(self.out, error)) from None
             self.write(f"saved {self.out} at step {self.step}")
         distributed.barrier()
         self.saved_step = self.step

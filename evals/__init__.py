@@ -13,16 +13,29 @@ under torchrun).
 import json
 import math
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
 
-from infrastructure.checkpoint import load_tokenizer
-from infrastructure.distributed import gather, shard
-from model import token_logprobs
+def interrupted(number, frame):
+    print("interrupted: nothing was written", file=sys.stderr)  # results are written whole at the end
+    raise SystemExit(130)
+
+
+# `python -m evals`, `-m evals.drift`, `-m evals.report`: a Ctrl-C is one line and exit 130 from the first moment,
+# while the modules below still load too (the package is imported before its __main__ runs)
+if "-m" in sys.orig_argv[:-1] and sys.orig_argv[sys.orig_argv.index("-m") + 1].split(".")[0] == "evals":
+    signal.signal(signal.SIGINT, interrupted)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from infrastructure.checkpoint import CheckpointError, load_tokenizer, write_failure  # noqa: E402
+from infrastructure.distributed import gather, shard  # noqa: E402
+from model import token_logprobs  # noqa: E402
 
 
 class DataError(ValueError):
@@ -41,7 +54,7 @@ def data_file(data_dir, relative: str) -> Path:
 
 
 def check_data_tokenizer(data_dir, tokenizer):
-    """A --data-dir that holds a tokenizer.json (a lab world, written by world.py) holds the tokenizer its text
+    """A --data-dir that holds a tokenizer.json (a lab world, written by lab/world.py) holds the tokenizer its text
     was written for; a model with another tokenizer would be trained or scored on noise, so refuse it."""
     if data_dir is None or not (Path(data_dir) / "tokenizer.json").is_file():
         return
@@ -184,15 +197,34 @@ def run_batches(task: str, lengths: list, batch_size: int, run_batch, progress: 
     return dict(gather(list(results.items()))), time.perf_counter() - started
 
 
-def write_atomically(path: Path, results: dict):
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, results):
+    """Write JSON (or text) to a temporary file beside `path`, then rename: a crash, a full disk or a Ctrl-C never
+    leaves half a file; a failure is one line naming the path (CheckpointError)."""
+    path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=1, ensure_ascii=False)
-            file.write("\n")
+            if isinstance(results, str):
+                file.write(results)
+            else:
+                json.dump(results, file, indent=1, ensure_ascii=False)
+                file.write("\n")
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(write_failure(path, error)) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def written_by(path: Path, tool: str, legacy_keys: set) -> bool:
+    """Whether the JSON file at `path` is `tool`'s own output: its `written_by` field, or, for files written before
+    that field existed, its keys. Anything else (another JSON, text, a checkpoint's config.json) is not."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("written_by") == tool or ("written_by" not in data
+                                                                           and legacy_keys <= set(data)))

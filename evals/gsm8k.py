@@ -147,7 +147,7 @@ def evaluate(model, tokenizer, test: list, train=None, *, shots: int = 0, limit=
     records = []
     for index, item in enumerate(items):
         completion = completions[index]
-        records.append({"id": f"test/{index}", "prompt_tokens": len(prompts[index]),
+        records.append({"id": f"test/{index}", "question": item["question"], "prompt_tokens": len(prompts[index]),
                         "prediction": completion.text, "finish_reason": completion.finish_reason,
                         "extracted": extract(completion.text), "reference": normalize(item["answer"]),
                         "correct": grade(completion.text, item["answer"])})

@@ -48,9 +48,10 @@ def read_csv(path) -> list:
         reader, line = csv.reader(file), 1  # `line`: where the next row starts (a quoted field can span lines)
         try:
             for row in reader:
-                if len(row) != 6 or row[5] not in LETTERS:
-                    raise DataError(f"{path}:{line}: expected 6 fields question,A,B,C,D,answer with the answer "
-                                    f"in A-D, got {len(row)} fields")
+                if len(row) != 6:
+                    raise DataError(f"{path}:{line}: expected 6 fields question,A,B,C,D,answer, got {len(row)} fields")
+                if row[5] not in LETTERS:
+                    raise DataError(f"{path}:{line}: the answer must be A-D, got {row[5]!r}")
                 items.append({"question": row[0], "choices": row[1:5], "answer": LETTERS.index(row[5])})
                 line = reader.line_num + 1
         except csv.Error as error:

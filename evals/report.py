@@ -1,6 +1,6 @@
 """
-The study's report: the paper's Table 2 with our numbers beside the paper's, the mean and spread over seeds,
-and three plots.
+The study's report: per run the mean and spread over seeds, its change from the base beside the paper's, the
+paper's three findings decided by fixed rules (evals/findings.py), the states the models reach, and three plots.
 
     python -m evals.report results/base results/sft_mild results/sft_stress results/opd_sft_stress \\
         results/opd_sft_mild results/rl --out results/report.md
@@ -10,20 +10,23 @@ except for the base model, drift.json (python -m evals.drift). The first folder 
 --base) is the reference for forgetting and retention, computed as the paper defines them on
 TruthfulQA (MC1) and MMLU only: forgetting = mean over the two of (base - post), retention = mean of
 (post / base). GSM8K is the flexible-extract score. Runs named RUN_seedN are seeds of RUN: the report
-gives their mean and spread beside each run's own standard error. Writes the Markdown report,
-benchmarks.png (the three benchmarks per run, ours as bars with standard errors, the paper's as black
-diamonds), training_curves.png (each run's metrics.jsonl) and drift_vs_forgetting.png (forgetting against
-each drift measure over every run and seed, with Spearman's rank correlation).
+gives their mean and spread beside each run's own standard error, and every seed in an appendix. Writes the
+Markdown report, benchmarks.png (each run's change from the base per benchmark, ours as bars, the paper's as
+black diamonds), training_curves.png (each run's metrics.jsonl) and drift_vs_forgetting.png (forgetting
+against each drift measure on a log axis over every run and seed, with Spearman's rank correlation).
 """
-import argparse
 import json
+import math
+import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from infrastructure.checkpoint import CheckpointError, check_writable
+from evals import findings, write_atomically
+from infrastructure import flags
+from infrastructure.checkpoint import CheckpointError, check_writable, guard_output, write_failure
 
 # The paper's Table 2 (arXiv 2605.22731): GSM8K, TruthfulQA, MMLU, MMD drift, forgetting, retention
 PAPER = {
@@ -77,14 +80,26 @@ def read_run(folder: Path) -> dict:
                   for task, metric, _ in BENCHMARKS if task in summary}
     except (KeyError, TypeError, ValueError) as error:
         raise ReportError(f"{path}: a score is missing or not a number ({error})") from None
-    drift_file, drift = folder / "drift.json", None
+    broken = [task for task, values in scores.items() if not all(map(math.isfinite, values))]
+    if broken:  # a diverged model's scores, or a damaged file: a mean over them would be NaN too
+        raise ReportError(f"{path}: the {broken[0]} score or its standard error is not a finite number")
+    items = (evaluation.get("tasks") or {}).get("gsm8k", {}).get("items")
+    if items is not None and not (isinstance(items, list) and all(
+            isinstance(r, dict) and {"id", "prediction", "reference"} <= set(r)
+            and isinstance(r.get("correct"), dict) and r["correct"].get("flexible") in (0, 1) for r in items)):
+        raise ReportError(f"{path}: its GSM8K items are not python -m evals records (id, prediction, correct)")
+    drift_file, drift, losses = folder / "drift.json", None, None
     if drift_file.exists():
-        drift = read_json(drift_file)
-        drift = drift.get("distances") if isinstance(drift, dict) else None
+        content = read_json(drift_file)
+        drift = content.get("distances") if isinstance(content, dict) else None
         if not isinstance(drift, dict) or not isinstance(drift.get("mmd2"), (int, float)):
             raise ReportError(f"{drift_file}: not a results file of python -m evals.drift (distances.mmd2 expected)")
+        losses = content.get("losses")  # older drift files have none
+        numbers = list(drift.values()) + [v for pair in (losses or {}).values() for v in pair.values()]
+        if not all(math.isfinite(value) for value in numbers if isinstance(value, (int, float))):
+            raise ReportError(f"{drift_file}: a distance or a loss is not a finite number")
     return {"name": folder.name, "model": evaluation["model"], "protocol": evaluation["protocol"], "scores": scores,
-            "mmd": drift["mmd2"] if drift else None, "drift": drift, "metrics": read_metrics(evaluation["model"])}
+            "items": items, "drift": drift, "losses": losses, "metrics": read_metrics(evaluation["model"])}
 
 
 def read_metrics(model: str) -> list:
@@ -113,24 +128,80 @@ def measures(run: dict, base: dict) -> dict:
     return row
 
 
+def groups(runs: list) -> dict:
+    """Runs by name without their seed suffix, in the order given: {name: [run of each seed]}."""
+    grouped = {}
+    for run in runs:
+        grouped.setdefault(paper_name(run["name"]), []).append(run)
+    return grouped
+
+
+def mean_and_spread(values: list, digits: int) -> str:
+    """The mean over seeds ± their standard deviation (one seed: the value alone); '-' when nothing is known."""
+    values = [value for value in values if value is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
 COLUMNS = [("gsm8k", 3), ("truthfulqa", 3), ("mmlu", 3), ("mmd", 5), ("forward_kl", 4), ("forgetting", 4),
            ("retention", 4)]
-HEADER = ["| run | source | GSM8K | TruthfulQA | MMLU | MMD drift | forward KL / token | forgetting | retention |",
-          "|---|---|---|---|---|---|---|---|---|"]
+NAMES = "| GSM8K | TruthfulQA | MMLU | MMD drift | forward KL / token | forgetting | retention |"
 
 
-def paper_row(name: str) -> list:
-    paper = PAPER.get(paper_name(name))
-    if not paper:
-        return []
-    numbers = [f"{v:.3f}" for v in paper[1:4]] + ["-" if paper[4] is None else f"{paper[4]:.5f}", "-"]
-    numbers += ["-" if v is None else f"{v:.4f}" for v in paper[5:]]
-    return [f"| {paper[0]} | paper | " + " | ".join(numbers) + " |"]
+def summary_table(runs: list, base: dict) -> str:
+    """One row per run: each measure's mean ± standard deviation over its seeds, and the mean of the runs' own
+    standard errors (se), the noise of one evaluation, to set the spread against."""
+    lines = ["| run | seeds " + NAMES, "|---|---|---|---|---|---|---|---|---|"]
+    for name, group in groups(runs).items():
+        rows = [measures(run, base) for run in group]
+        cells = [mean_and_spread([row[column] for row in rows], digits) for column, digits in COLUMNS]
+        for index, (task, _, _) in enumerate(BENCHMARKS):
+            errors = [run["scores"][task][1] for run in group if task in run["scores"]]
+            cells[index] += f" (se {np.mean(errors):.3f})" if errors else ""
+        if any(row["forgetting"] is not None and row["retention"] is None for row in rows):
+            cells[-1] = "- (a base score is 0)"
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def table(runs: list, base: dict) -> str:
-    """Every run: its scores ± one standard error, its drift, forgetting and retention; the paper's row below."""
-    lines = list(HEADER)
+def paper_change(name: str, index: int):
+    """The paper's change from its base in column `index` of PAPER (1-3 the benchmarks), or None."""
+    paper, paper_base = PAPER.get(name), PAPER["base"]
+    return None if paper is None or name == "base" else paper[index] - paper_base[index]
+
+
+def change_table(runs: list, base: dict) -> str:
+    """Each run's mean change from its base beside the paper's change from its base: two different worlds'
+    absolute scores do not compare, the direction of a change does."""
+    lines = ["| run | GSM8K change | paper | TruthfulQA change | paper | MMLU change | paper | forgetting | paper | "
+             "retention | paper | signs as the paper's |", "|---|" + "---|" * 11]
+    for name, group in groups(runs).items():
+        if name == base["name"]:
+            continue
+        cells, agree, compared = [], 0, 0
+        for index, (task, _, _) in enumerate(BENCHMARKS, start=1):
+            changes = [run["scores"][task][0] - base["scores"][task][0] for run in group
+                       if task in run["scores"] and task in base["scores"]]
+            paper = paper_change(name, index)
+            cells += [f"{np.mean(changes):+.3f}" if changes else "-", "-" if paper is None else f"{paper:+.3f}"]
+            if changes and paper:
+                compared += 1
+                agree += np.sign(np.mean(changes)) == np.sign(paper)
+        rows = [measures(run, base) for run in group]
+        for column, index in (("forgetting", 5), ("retention", 6)):
+            paper = PAPER.get(name)
+            cells += [mean_and_spread([row[column] for row in rows], 4), "-" if paper is None else f"{paper[index]:.4f}"]
+        cells.append(f"{agree} of {compared}" if compared else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def seed_table(runs: list, base: dict) -> str:
+    """Every run and seed: its scores ± one standard error, its drift, forgetting and retention."""
+    lines = ["| run " + NAMES, "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         row = measures(run, base)
         cells = [f"{run['scores'][task][0]:.3f} ± {run['scores'][task][1]:.3f}" if task in run["scores"] else "-"
@@ -138,32 +209,17 @@ def table(runs: list, base: dict) -> str:
         cells += ["-" if row[name] is None else f"{row[name]:.{digits}f}" for name, digits in COLUMNS[3:]]
         if row["retention"] is None and row["forgetting"] is not None:
             cells[-1] = "- (a base score is 0)"
-        lines.append(f"| {run['name']} | ours | " + " | ".join(cells) + " |")
-        lines += paper_row(run["name"])
+        lines.append(f"| {run['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def seed_table(runs: list, base: dict) -> str:
-    """Runs with several seeds: the mean ± the standard deviation over seeds (n seeds), and the mean of the
-    runs' own standard errors, to set the spread against."""
-    groups = {}
-    for run in runs:
-        groups.setdefault(paper_name(run["name"]), []).append(run)
-    lines = list(HEADER)
-    for name, group in groups.items():
-        if len(group) < 2:
-            continue
-        rows = [measures(run, base) for run in group]
-        cells = []
-        for column, digits in COLUMNS:
-            values = np.array([row[column] for row in rows if row[column] is not None], dtype=float)
-            cells.append(f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else "-")
-        for index, (task, _, _) in enumerate(BENCHMARKS):
-            errors = [run["scores"][task][1] for run in group if task in run["scores"]]
-            cells[index] += f" (se {np.mean(errors):.3f})" if errors else ""
-        lines.append(f"| {name} ({len(group)} seeds) | ours | " + " | ".join(cells) + " |")
-        lines += paper_row(name)
-    return "\n".join(lines) if len(lines) > 2 else ""
+def paper_table() -> str:
+    lines = ["| run " + NAMES.replace(" forward KL / token |", ""), "|---|---|---|---|---|---|---|"]
+    for name, (title, *numbers) in PAPER.items():
+        cells = [f"{v:.3f}" for v in numbers[:3]] + ["-" if v is None else f"{v:.{d}f}" for v, d in
+                                                      zip(numbers[3:], (5, 4, 4))]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def spearman(x, y) -> float:
@@ -189,34 +245,149 @@ def drift_and_forgetting(runs: list, base: dict) -> list:
             if row["mmd"] is not None and row["forgetting"] is not None]
 
 # -----------------------------------------------------------------------------
+# Findings, states and losses: what the runs did, beyond their scores
+
+
+class Undecided(Exception):
+    """A finding the report cannot decide; the message says what is missing."""
+
+
+def correct_items(run: dict) -> tuple:
+    """(item ids, 0/1 flexible-extract correctness) of a run's GSM8K items."""
+    if not run.get("items"):
+        raise Undecided(f"{run['name']} has no per-item GSM8K results")
+    return tuple(r["id"] for r in run["items"]), [r["correct"]["flexible"] for r in run["items"]]
+
+
+def gain_over_base(group: list, base: dict) -> dict:
+    """findings.paired_gain of a run's seeds against the base, on the same GSM8K items."""
+    ids, reference = correct_items(base)
+    seeds = [correct_items(run) for run in group]
+    if any(seed_ids != ids for seed_ids, _ in seeds):
+        raise Undecided(f"{group[0]['name']}'s GSM8K items differ from the base's")
+    return findings.paired_gain(reference, [correct for _, correct in seeds])
+
+
+FINDINGS = [("Mild SFT on dataset states helps the main task with little forgetting; stress SFT forgets",
+             ("sft_mild", "sft_stress")),
+            ("OPD from the degraded stress teacher beats that teacher on all three benchmarks",
+             ("opd_sft_stress", "sft_stress")),
+            ("Light on-policy RL improves the main task and keeps retention", ("rl",))]
+
+
+def decide_finding(number: int, grouped: dict, base: dict) -> tuple:
+    """(verdict, its numbers in words) of finding `number` by evals/findings.py's rules; raises Undecided."""
+    needed = FINDINGS[number - 1][1]
+    missing = [name for name in needed if name not in grouped]
+    if missing:
+        raise Undecided(f"no {missing[0]} runs")
+
+    def per_seed(name, column):
+        values = [measures(run, base)[column] for run in grouped[name]]
+        if None in values:
+            raise Undecided(f"{name} has no {column} (TruthfulQA and MMLU scores of it and the base)")
+        return values
+    if number == 1:
+        return findings.mild_sft(gain_over_base(grouped["sft_mild"], base), per_seed("sft_mild", "forgetting"),
+                                 per_seed("sft_stress", "forgetting"))
+    if number == 3:
+        return findings.rl_improves(gain_over_base(grouped["rl"], base), per_seed("rl", "retention"))
+    teachers = {run["name"].removeprefix("sft_stress"): run for run in grouped["sft_stress"]}  # by seed suffix
+    pairs = [(run, teachers.get(run["name"].removeprefix("opd_sft_stress"))) for run in grouped["opd_sft_stress"]]
+    if any(teacher is None for _, teacher in pairs):
+        raise Undecided("a student without the stress SFT run of its seed")
+    tasks = [task for task, _, _ in BENCHMARKS]
+    if any(task not in run["scores"] for pair in pairs for run in pair for task in tasks):
+        raise Undecided("a student or teacher without all three benchmarks")
+    return findings.opd_beats_teacher([{t: student["scores"][t][0] for t in tasks} for student, _ in pairs],
+                                      [{t: teacher["scores"][t][0] for t in tasks} for _, teacher in pairs], tasks)
+
+
+def findings_section(runs: list, base: dict) -> list:
+    """The paper's three findings, each 'reproduced', 'not reproduced' or 'inconclusive' with its numbers."""
+    lines = []
+    for number, (title, _) in enumerate(FINDINGS, start=1):
+        try:
+            verdict, numbers = decide_finding(number, groups(runs), base)
+            lines.append(f"{number}. {title}: **{verdict}**. {numbers}.")
+        except Undecided as reason:
+            lines.append(f"{number}. {title}: **not decided** ({reason}).")
+    return lines
+
+
+SIDE_BY_SIDE = (0, 1)  # the GSM8K test items shown side by side, fixed before any run
+
+
+def side_by_side(runs: list) -> list:
+    """The greedy solution of test items 0 and 1 by the base and each run's first seed: the states each reached."""
+    firsts = [group[0] for group in groups(runs).values() if group[0].get("items")]
+    lines = []
+    for index in SIDE_BY_SIDE:
+        records = [(run["name"], run["items"][index]) for run in firsts if len(run["items"]) > index]
+        if not records:
+            continue
+        first = records[0][1]
+        lines += [f"### Test item {index}", "", f"Question: {first.get('question', '(not in the results file)')} "
+                  f"Answer: {first['reference']}", ""]
+        for name, record in records:
+            mark = "right" if record["correct"]["flexible"] else "wrong"
+            lines += [f"**{name}** ({mark}):", "", "```", record["prediction"].strip(), "```", ""]
+    return lines
+
+
+def losses_table(runs: list) -> str:
+    """Per run, the loss per token (nats) of the gold solutions and of the base's own samples, mean over seeds;
+    the base's row from the same files. Low gold loss: the dataset's states are familiar to the model."""
+    lines = ["| model | gold solutions | the base's samples |", "|---|---|---|"]
+    rows = {name: [run["losses"] for run in group if run.get("losses")] for name, group in groups(runs).items()}
+    first = next((losses for losses in rows.values() if losses), None)
+    if first is None:
+        return ""
+    lines.append(f"| base | {first[0]['gold']['base']:.3f} | {first[0]['base_samples']['base']:.3f} |")
+    for name, losses in rows.items():
+        if losses:
+            lines.append(f"| {name} | " + " | ".join(mean_and_spread([l[kind]["model"] for l in losses], 3)
+                                                     for kind in ("gold", "base_samples")) + " |")
+    return "\n".join(lines)
+
+# -----------------------------------------------------------------------------
 # Plots
 
 
-def plot_benchmarks(runs: list, path: Path):
+def plot_benchmarks(runs: list, base: dict, path: Path) -> bool:
+    """Each run's change from its base per benchmark: ours as bars (mean over seeds, ± their standard deviation),
+    the paper's change from its base as black diamonds."""
+    grouped = [(name, group) for name, group in groups(runs).items() if name != base["name"]]
+    if not grouped:
+        return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(runs)), 4.5))
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(grouped)), 4.5))
     width = 0.8 / len(BENCHMARKS)
-    for k, (task, _, label) in enumerate(BENCHMARKS):
-        xs = [i + (k - 1) * width for i in range(len(runs))]
-        values = [run["scores"].get(task, (0, 0)) for run in runs]
-        axis.bar(xs, [v[0] for v in values], width, yerr=[v[1] for v in values], capsize=3, label=f"{label} (ours)")
-        paper = [PAPER.get(paper_name(run["name"])) for run in runs]
-        px = [x for x, p in zip(xs, paper) if p]
-        axis.scatter(px, [p[1 + k] for p in paper if p], marker="D", color="black", zorder=3,
-                     label="paper" if k == 0 else None)
-    axis.set_xticks(range(len(runs)), [run["name"] for run in runs], rotation=20, ha="right")
-    axis.set_ylabel("score")
-    axis.set_title("Benchmarks per run: ours (bars, ± 1 standard error) and the paper's (diamonds)")
-    axis.legend(fontsize=8, loc="upper right")
+    for k, (task, _, label) in enumerate(BENCHMARKS, start=1):
+        xs = [i + (k - 2) * width for i in range(len(grouped))]
+        changes = [[run["scores"][task][0] - base["scores"][task][0] for run in group
+                    if task in run["scores"] and task in base["scores"]] for _, group in grouped]
+        axis.bar(xs, [np.mean(c) if c else 0 for c in changes], width, capsize=3, label=label,
+                 yerr=[np.std(c, ddof=1) if len(c) > 1 else 0 for c in changes])
+        paper = [(x, paper_change(name, k)) for x, (name, _) in zip(xs, grouped)]
+        axis.scatter([x for x, v in paper if v is not None], [v for _, v in paper if v is not None], marker="D",
+                     color="black", zorder=3, label="the paper's change" if k == 1 else None)
+    axis.axhline(0, color="grey", linewidth=0.5)
+    axis.set_xticks(range(len(grouped)), [name for name, _ in grouped], rotation=20, ha="right")
+    axis.set_ylabel("change from the base")
+    axis.set_title("Change from the base: ours (bars, mean ± sd over seeds) and the paper's (diamonds)")
+    axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
+    return True
 
 
 def plot_drift_and_forgetting(points: list, path: Path) -> bool:
-    """Forgetting against each drift measure, one point per run and seed, each run in its colour."""
+    """Forgetting against each drift measure on a log axis (the runs span orders of magnitude), one point per run
+    and seed, each run in its colour; a forward KL estimate at or below 0 sits on the linear part near 0."""
     if len(points) < 3:
         return False
     import matplotlib
@@ -230,14 +401,16 @@ def plot_drift_and_forgetting(points: list, path: Path) -> bool:
         for name in names:
             mine = [point for point in points if paper_name(point[0]) == name]
             axis.scatter([p[index] for p in mine], [p[3] for p in mine], color=colours[name], label=name)
+        positive = [p[index] for p in points if p[index] > 0]
+        axis.set_xscale("symlog", linthresh=min(positive) if positive else 1e-6)
         rho = spearman([p[index] for p in points], [p[3] for p in points])
         axis.set_title(f"Spearman rank correlation {rho:.2f} ({len(points)} runs)")
-        axis.set_xlabel(label)
+        axis.set_xlabel(label + ", log scale")
         axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
         axis.axhline(0, color="grey", linewidth=0.5)
     axes[1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
     return True
 
@@ -263,27 +436,73 @@ def plot_training_curves(runs: list, path: Path) -> bool:
         axis.set_xlabel("step")
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
     return True
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.parser(__doc__, prog="python -m evals.report")
     parser.add_argument("runs", nargs="+", help="results folders, one per run, named after the run")
     parser.add_argument("--base", default="base", help="the run that forgetting and retention compare with")
     parser.add_argument("--out", default="results/report.md")
     return parser.parse_args(argv)
 
 
+MARKER = "<!-- written by python -m evals.report -->"  # the report's first line: how a rerun knows its own file
+PLOTS = ("benchmarks.png", "drift_vs_forgetting.png", "training_curves.png")
+
+
+def own_report(path: Path) -> bool:
+    """A report this tool wrote: its marker line, or the title line reports had before the marker."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first == MARKER or first.startswith("# Post-training is about states")
+
+
+def check_outputs(out: Path, folders: list):
+    """The report and its plots go to --out's folder: refuse, before reading anything, a folder that is one of
+    the runs' (the plots would land among a run's results), a run given twice (its seeds would count twice), and
+    a file there that this tool did not write."""
+    if out.is_dir():
+        raise ReportError(f"--out {out} is a directory; name the report file, e.g. {out / 'report.md'}")
+    check_writable(out)
+    names = [Path(folder).name for folder in folders]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated:
+        raise ReportError(f"the run {repeated} is given twice: each run (and each seed) counts once")
+    target = out.parent.resolve()
+    for folder in folders:
+        source = Path(folder).resolve()
+        if target == source or source in target.parents:
+            raise ReportError(f"--out {out}: the report and its plots would go into the run folder {folder}; "
+                              f"choose another --out")
+    guard_output(out, own_output=own_report)
+    for name in PLOTS:  # plots written by a report of ours carry its name; older ones sit beside our report
+        plot = out.parent / name
+        if plot.is_file() and not (b"python -m evals.report" in plot.read_bytes()[:4096] or own_report(out)):
+            raise ReportError(f"{plot} exists and was not written by this tool: choose another --out folder")
+
+
+def save_figure(figure, path: Path):
+    """A plot written whole (to a temporary file, then renamed), marked as this tool's."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        figure.savefig(temporary, dpi=120, metadata={"Software": "python -m evals.report"})
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(write_failure(path, error)) from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     try:
-        if out.is_dir():
-            raise ReportError(f"--out {out} is a directory; name the report file, e.g. {out / 'report.md'}")
-        check_writable(out)
+        check_outputs(out, args.runs)
         runs = [read_run(Path(folder)) for folder in args.runs]
     except (ReportError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -292,19 +511,48 @@ def main(argv=None) -> int:
     if base is None:
         print(f"error: no run named {args.base!r} among {[run['name'] for run in runs]}", file=sys.stderr)
         return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = report_lines(runs, base, out)
+        write_atomically(out, "\n".join([MARKER] + lines) + "\n")
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    print(f"\nwrote {out} and its plots in {out.parent}")
+    return 0
+
+
+def report_lines(runs: list, base: dict, out: Path) -> list:
+    """The report's Markdown lines; its plots are written beside `out` on the way."""
     protocol = base["protocol"]
-    lines = ["# Post-training is about states: our runs beside the paper's Table 2", "", table(runs, base), "",
+    lines = ["# Post-training is about states: our runs and the paper's findings", "", summary_table(runs, base), "",
+             "Each cell: the mean ± the standard deviation over seeds (one seed: its value); (se ...) is the mean of "
+             "the runs' own standard errors, the noise of one evaluation. "
              f"Protocol: {protocol['shots']}-shot GSM8K and MMLU, TruthfulQA MC1 with the six-pair preamble; "
              f"items per task: {protocol['limit'] or 'all'}; data: {protocol['data']}; "
-             f"{protocol.get('device', '')} {protocol.get('dtype', '')}. Scores ± one standard error. MMD drift: "
-             "squared MMD of lexical prefix-state features against the base model's rollouts; forward KL: "
-             "log p_base - log p_post of the base's own samples, per token (see evals/drift.py)."]
-    seeds = seed_table(runs, base)
-    if seeds:
-        lines += ["", "## Mean over seeds", "", seeds, "",
-                  "Each cell: the mean ± the standard deviation over seeds; (se ...) is the mean of the runs' own "
-                  "standard errors, the noise of one evaluation."]
+             f"{protocol.get('device', '')} {protocol.get('dtype', '')}. MMD drift: squared MMD of lexical "
+             "prefix-state features against the base model's rollouts; forward KL: log p_base - log p_post of the "
+             "base's own samples, per token (see evals/drift.py). Forgetting and retention: the paper's, over "
+             "TruthfulQA and MMLU."]
+    changes = change_table(runs, base)
+    if changes:
+        lines += ["", "## Change from the base, ours beside the paper's", "", changes, "",
+                  "Two bases' absolute scores do not compare; the direction of each change does. The last column "
+                  "counts the benchmarks whose change has the paper's sign.", ""]
+        if plot_benchmarks(runs, base, out.parent / "benchmarks.png"):
+            lines.append("![change from the base](benchmarks.png)")
+    lines += ["", "## Findings", "", "By the rules in evals/findings.py, fixed before the runs.", "",
+              *findings_section(runs, base)]
+    states = side_by_side(runs)
+    if states:
+        lines += ["", "## The states each model reaches", "",
+                  "The greedy GSM8K solution of fixed test items by the base and by each run's first seed.", "",
+                  *states]
+    losses = losses_table(runs)
+    if losses:
+        lines += ["", "## How familiar the gold solutions and the base's own samples are", "", losses, "",
+                  "Loss per token (nats) under each model, mean over seeds, on the drift's prompts (evals/drift.py)."]
     points = drift_and_forgetting(runs, base)
     if len(points) >= 3:
         lines += ["", "## Which drift predicts forgetting", "",
@@ -312,15 +560,12 @@ def main(argv=None) -> int:
                   f"{spearman([p[1] for p in points], [p[3] for p in points]):.2f}, forward KL "
                   f"{spearman([p[2] for p in points], [p[3] for p in points]):.2f}.", "",
                   "![drift and forgetting](drift_vs_forgetting.png)"]
-    lines += ["", "![benchmarks](benchmarks.png)"]
-    plot_benchmarks(runs, out.parent / "benchmarks.png")
-    plot_drift_and_forgetting(points, out.parent / "drift_vs_forgetting.png")
+        plot_drift_and_forgetting(points, out.parent / "drift_vs_forgetting.png")
     if plot_training_curves(runs, out.parent / "training_curves.png"):
-        lines.append("![training curves](training_curves.png)")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {out} and its plots in {out.parent}")
-    return 0
+        lines += ["", "![training curves](training_curves.png)"]
+    lines += ["", "## Appendix: every run and seed", "", seed_table(runs, base), "", "Scores ± one standard error.",
+              "", "## Appendix: the paper's Table 2", "", paper_table()]
+    return lines
 
 
 if __name__ == "__main__":

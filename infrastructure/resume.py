@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from infrastructure.checkpoint import CheckpointError, check_writable, recover_directory
-from infrastructure.distributed import barrier, is_main
+from infrastructure.checkpoint import (CheckpointError, check_writable, guard_output, hold_lock, recover_directory,
+                                       release_lock)
+from infrastructure.distributed import gather, is_main
 
 
 class TrainingError(RuntimeError):
@@ -44,13 +45,32 @@ RESUMABLE_CHANGES = {"out", "resume", "save_every", "device", "compile", "sample
 
 
 def check_output(args) -> Path:
-    """Tidy a save killed midway, then refuse an --out the run could not write or must not replace; returns the
-    resume state's path. Under torchrun rank 0 tidies, and every rank looks after it."""
+    """Take --out's lock (one writer per folder), refuse an --out that is or holds one of the run's inputs, tidy a
+    save killed midway, then refuse an --out the run could not write or must not replace; returns the resume
+    state's path. Under torchrun rank 0 locks and tidies, and every rank hears its answer."""
     out = Path(args.out)
-    if is_main():
-        recover_directory(out)  # the previous version back, half-written ones gone
-    barrier()
     check_writable(out)
+    refusal = None
+    if is_main():
+        try:
+            guard_output(out, [args.model, getattr(args, "teacher", None), args.data_dir, getattr(args, "world", None)])
+            hold_lock(out)  # before anything is tidied: a second run must not touch the first's files
+            recover_directory(out)  # the previous version back, half-written ones gone
+        except (CheckpointError, OSError) as error:
+            refusal = str(error)
+    refusal = gather([refusal])[0]
+    try:
+        if refusal:
+            raise TrainingError(refusal)
+        return check_folder(args, out)
+    except BaseException:
+        release_lock(out)  # refused: nothing of this run is left behind, its lock file included
+        raise
+
+
+def check_folder(args, out: Path) -> Path:
+    """Refuse an --out that is a file, an --out holding another run, a --resume with nothing or something else
+    there; returns the resume state's path."""
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file, not a directory")
     resume_file = out / "resume" / "state.pt"
@@ -71,6 +91,10 @@ def check_same_run(args, saved_file: Path):
         raise TrainingError(f"{saved_file}: cannot read the saved flags ({type(error).__name__})") from None
     if not isinstance(saved, dict):
         raise TrainingError(f"{saved_file}: not the flags of a run (a JSON object expected)")
+    unknown = sorted((set(saved) ^ set(vars(args))) - RESUMABLE_CHANGES)  # flags only one of the two versions has
+    if unknown:
+        raise TrainingError(f"--resume: {saved_file} was saved by another version of this trainer (its flags differ: "
+                            f"--{unknown[0].replace('_', '-')}); train it again, in another --out")
     changed = [f"--{name.replace('_', '-')} {value} (saved: {saved[name]})" for name, value in vars(args).items()
                if name in saved and name not in RESUMABLE_CHANGES and saved[name] != value]
     if changed:
@@ -186,8 +210,10 @@ def run_main(main):
     one line and 130 (SIGINT) or 143 (SIGTERM)."""
     try:
         main()
-    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
+    except (TrainingError, CheckpointError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # a file or folder the run could not read or write: the path, in one line
+        sys.exit(f"error: {error.filename + ': ' if error.filename else ''}{error.strerror or error}")
     except Interrupted as interrupt:
         print(interrupt, file=sys.stderr)
         sys.exit(interrupt.exit_code)

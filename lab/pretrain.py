@@ -1,5 +1,5 @@
 """
-Pretrain a small Qwen3 from scratch on a lab world's corpus (world.py): the lab's base model.
+Pretrain a small Qwen3 from scratch on a lab world's corpus (lab/world.py): the lab's base model.
 
     python -m lab.world --world-seed 0 --out ckpt/lab/world0/world
     python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 9 minutes on 2 CPU cores
@@ -25,7 +25,8 @@ import torch.nn as nn
 
 import training
 from evals import check_data_tokenizer
-from infrastructure.checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer
+from infrastructure import flags
+from infrastructure.checkpoint import DEFAULT_MODEL, atomic_directory, load_tokenizer, release_lock
 from infrastructure.resume import check_output, check_same_run, finished
 from lab.world import EOT, read_marker
 from model import Config, Qwen3
@@ -77,37 +78,35 @@ def write_initial_checkpoint(directory: Path, tokenizer, args) -> Config:
     return config
 
 
-def token_losses(run, batch, frozen):
+def token_losses(run, batch, reference):
     """-log p(next token) at every position after a sequence's first: the model's own pretraining loss."""
     return -training.target_logprobs(run.model, batch), {}
 
 
 def parse_args(argv=None):
     parser = training.parser(__doc__)
-    parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
     parser.add_argument("--world", required=True, help="a lab world folder written by lab/world.py")
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--intermediate-size", type=int, default=384)
-    parser.add_argument("--context", type=int, default=512, help="max_position_embeddings of the model")
-    parser.add_argument("--sequence-length", type=int, default=256, help="tokens per training sequence")
+    size = flags.count(1, 65536)
+    parser.add_argument("--hidden-size", type=size, default=128)
+    parser.add_argument("--layers", type=size, default=4)
+    parser.add_argument("--heads", type=size, default=4)
+    parser.add_argument("--kv-heads", type=size, default=2)
+    parser.add_argument("--head-dim", type=size, default=32)
+    parser.add_argument("--intermediate-size", type=size, default=384)
+    parser.add_argument("--context", type=size, default=512, help="max_position_embeddings of the model")
+    parser.add_argument("--sequence-length", type=size, default=256, help="tokens per training sequence")
     args = training.finish_args(parser.parse_args(argv), PRESET, out="ckpt/lab/world0/base")
     if args.model != DEFAULT_MODEL:
         raise ValueError("--model: pretraining starts from random weights, sized by --hidden-size, --layers, ...")
-    training.check_at_least(args, 1, "hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate_size",
-                            "context", "sequence_length")
     if args.heads % args.kv_heads:
         raise ValueError(f"--heads must be a multiple of --kv-heads, got {args.heads} and {args.kv_heads}")
     if args.lora_rank:
         raise ValueError("pretraining trains every weight: --lora-rank must be 0")
     if args.sequence_length > args.context:
         raise ValueError(f"--sequence-length {args.sequence_length} exceeds --context {args.context}")
-    if args.data_dir or args.limit or args.heldout:
-        raise ValueError("--data-dir, --limit and --heldout are the post-trainers' flags: pretraining reads "
-                         "--world's corpus.txt")
+    if args.data_dir or args.limit or args.heldout or args.eval_every:
+        raise ValueError("--data-dir, --limit, --heldout and --eval-every are the post-trainers' flags: pretraining "
+                         "reads --world's corpus.txt")
     return args
 
 
@@ -127,28 +126,35 @@ def main(argv=None):
         check_same_run(args, out / "args.json")  # the same flags made it, or one line says which differ
         print(f"{out} already holds a finished base; nothing to do")
         return
-    check_output(args)  # --out writable, not another run: before any work
-
-    sequences = corpus_sequences(world, world_tokenizer, args.sequence_length)
-    steps = training.total_steps(args, len(sequences))
-    config = write_initial_checkpoint(initial, world_tokenizer, args)
+    check_output(args)  # --out's lock, --out writable, not another run: before any work
     try:
-        with training.Run(args, steps) as run:
-            parameters = sum(p.numel() for p in run.model.parameters())
-            run.write(f"pretrain: {parameters / 1e6:.2f}M parameters, vocabulary {config.vocab_size}, "
-                      f"{len(sequences)} sequences of {args.sequence_length} tokens "
-                      f"({len(sequences) * args.sequence_length / 1e6:.2f}M tokens), {steps} steps of "
-                      f"{args.batch_size} sequences, lr {args.lr}, threads {torch.get_num_threads()}")
-            while run.step < run.total_steps:
-                # the first token is the state, every later one a target: the model's own next-token loss
-                rows = [training.sequence(state=row[:1].tolist(), targets=row[1:].tolist())
-                        for row in run.examples_of_step(sequences)]
-                batches = training.make_batches(rows, args.micro_batch_tokens, run.device)
-                run.log(run.train_step(batches, token_losses, None, normaliser=training.target_count(batches)))
-            run.save()
+        pretrain(args, world, world_tokenizer, initial)
     finally:
         shutil.rmtree(initial, ignore_errors=True)
+        release_lock(out)
 
+
+def pretrain(args, world: Path, world_tokenizer, initial: Path):
+    """The corpus as sequences, the random initial model, and the run that trains it."""
+    sequences = corpus_sequences(world, world_tokenizer, args.sequence_length)
+    if len(sequences) < args.batch_size:
+        raise ValueError(f"{world / 'corpus.txt'}: {len(sequences)} sequences of {args.sequence_length + 1} tokens, "
+                         f"fewer than one step's --batch-size {args.batch_size}")
+    steps = training.total_steps(args, len(sequences))
+    config = write_initial_checkpoint(initial, world_tokenizer, args)
+    with training.Run(args, steps) as run:
+        parameters = sum(p.numel() for p in run.model.parameters())
+        run.write(f"pretrain: {parameters / 1e6:.2f}M parameters, vocabulary {config.vocab_size}, "
+                  f"{len(sequences)} sequences of {args.sequence_length} tokens "
+                  f"({len(sequences) * args.sequence_length / 1e6:.2f}M tokens), {steps} steps of "
+                  f"{args.batch_size} sequences, lr {args.lr}, threads {torch.get_num_threads()}")
+        while run.step < run.total_steps:
+            # the first token is the state, every later one a target: the model's own next-token loss
+            rows = [training.sequence(state=row[:1].tolist(), targets=row[1:].tolist())
+                    for row in run.step_examples(sequences)]
+            batches = training.make_batches(rows, args.micro_batch_tokens, run.device)
+            run.log(run.train_step(batches, token_losses, None, normaliser=training.target_count(batches)))
+        run.save()
 
 if __name__ == "__main__":
     training.run_main(main)

@@ -1,9 +1,9 @@
 """
 The lab's world: a small synthetic world, generated from a seed, in which a Qwen3 that we pretrain
-ourselves on a CPU (pretrain.py) has a main skill to improve and other skills to lose.
+ourselves on a CPU (lab/pretrain.py) has a main skill to improve and other skills to lose.
 
-    python world.py --world-seed 0 --out ckpt/lab/world0/world      # 3 seconds
-    python pretrain.py --world ckpt/lab/world0/world --out ckpt/lab/world0/base
+    python -m lab.world --world-seed 0 --out ckpt/lab/world0/world      # 3 seconds
+    python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base
     python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
 
 (`python study.py --lab` runs these and the whole study.)
@@ -27,17 +27,19 @@ six-pair TruthfulQA preamble, which begins some Q/A documents so that the eval's
   world 0, the base still picks the truth on 97% of the questions (perhaps because the myth documents call
   them myths).
 """
-import argparse
 import csv
 import hashlib
 import io
 import json
 import random
+import signal
 import sys
 import time
 from pathlib import Path
 
-from infrastructure.checkpoint import CheckpointError, atomic_directory, check_writable
+from infrastructure import flags
+from infrastructure.checkpoint import (CheckpointError, atomic_directory, check_writable, hold_lock, release_lock,
+                                       write_failure)
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
@@ -340,25 +342,37 @@ def read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) and "lab_world" in marker else None
 
 
+def bounds(name: str) -> tuple:
+    """The range of a setting: benchmark items 1 to a million, corpus documents 0 to ten million (a world beyond
+    them would not fit a CPU's lab), the vocabulary 300 (the byte alphabet and some merges) to 65,536."""
+    if name == "vocab_size":
+        return 300, 65536
+    if name == "same_kind_distractors":
+        return 1, 3
+    return (1, 10**6) if name in ("train", "test", "mmlu_test", "truthfulqa") else (0, 10**7)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: sys.exit(f"error: {message}")  # one line, exit status 1
-    parser.add_argument("--world-seed", required=True, help="an integer: the world is a pure function of it")
+    parser = flags.parser(__doc__)
+    parser.add_argument("--world-seed", type=flags.count(0), required=True,
+                        help="a whole number: the world is a pure function of it")
     parser.add_argument("--out", required=True, help="the world's folder (a --data-dir)")
     for name, value in SETTINGS.items():  # smaller worlds for tests; the defaults are the lab's
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=value)
+        parser.add_argument("--" + name.replace("_", "-"), type=flags.count(*bounds(name)), default=value)
     args = parser.parse_args(argv)
-    try:
-        seed = int(args.world_seed)
-    except ValueError:
-        sys.exit(f"error: --world-seed must be an integer, got {args.world_seed!r}")
-    counts = {name: getattr(args, name) for name in SETTINGS}
-    if min(counts.values()) < 0 or min(counts["train"], counts["test"], counts["mmlu_test"], counts["truthfulqa"]) < 1 \
-            or counts["vocab_size"] < 300 or not 1 <= counts["same_kind_distractors"] <= 3:
-        sys.exit("error: counts must be at least 0 (--train, --test, --mmlu-test, --truthfulqa: 1), "
-                 "--vocab-size at least 300, --same-kind-distractors 1 to 3")
-    args.world_seed, args.counts = seed, counts
+    args.counts = {name: getattr(args, name) for name in SETTINGS}
     return args
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM while the world is written: leave through the staging folder's cleanup."""
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+def stopped(number, frame):
+    raise Stopped(number)
 
 
 def main(argv=None):
@@ -366,8 +380,17 @@ def main(argv=None):
     seed, counts, out = args.world_seed, args.counts, Path(args.out)
     try:
         check_writable(out)
-    except CheckpointError as error:
+        hold_lock(out)
+    except (CheckpointError, OSError) as error:
         sys.exit(f"error: {error}")
+    try:
+        write_or_keep(seed, counts, out)
+    finally:
+        release_lock(out)
+
+
+def write_or_keep(seed: int, counts: dict, out: Path):
+    """The world, unless --out holds it already; refuse anything else there."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refuse to replace anything but this world
         old = read_marker(out)
         if old is None:
@@ -378,8 +401,18 @@ def main(argv=None):
         print(f"{out} already holds this world (seed {seed}, same settings); nothing to do")
         return
     started = time.perf_counter()
-    files = generate(seed, counts)
-    write_world(files, out)
+    previous = {number: signal.signal(number, stopped) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        files = generate(seed, counts)
+        write_world(files, out)
+    except Stopped as stop:  # the staging folder is gone, nothing else was written
+        print(f"interrupted: {out} was not written", file=sys.stderr)
+        sys.exit(128 + stop.number)
+    except OSError as error:
+        sys.exit(f"error: {write_failure(out, error)}")
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s: {json.loads(files['world.json'])['counts']}")
 
 

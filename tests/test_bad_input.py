@@ -10,8 +10,10 @@ import opd
 import rl
 import sample
 import sft
-from tools import tiny
+import study
 import training
+from lab import world as lab_world
+from tools import tiny
 from infrastructure.checkpoint import CheckpointError
 from evals import __main__ as evaluate, drift, report
 
@@ -75,6 +77,13 @@ def world(tmp_path_factory, tiny_checkpoint):
                       ("trained", json.dumps({**evaluation, "model": str(root / "broken_log")}))]:
         (results / run).mkdir(parents=True)
         (results / run / "eval.json").write_text(text)
+    for run, text in [("other", json.dumps(evaluation)), ("nan_scores", json.dumps({**evaluation, "summary": {
+            "truthfulqa": {"mc1": float("nan"), "mc1_stderr": float("nan")}}}))]:
+        (results / run).mkdir(parents=True)
+        (results / run / "eval.json").write_text(text)
+    (root / "link_to_config.json").symlink_to(root / "tiny" / "config.json")
+    (root / "hardlink_to_config.json").hardlink_to(root / "tiny" / "config.json")
+    shutil.copytree(tiny_checkpoint, root / "teacher_copy" / "inner")
     (root / "broken_log").mkdir()
     (root / "broken_log" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, trunc')
     return root
@@ -85,6 +94,7 @@ COMMANDS = {  # name -> main(argv) as its command-line wrapper runs it
     "rl": lambda argv: training.run_main(lambda: rl.main(argv)),
     "opd": lambda argv: training.run_main(lambda: opd.main(argv)),
     "drift": drift.main, "sample": sample.main, "evals": evaluate.main, "report": report.main, "tiny": tiny.main,
+    "world": lab_world.main, "study": study.main,
 }
 
 
@@ -97,19 +107,28 @@ def defaults(command: str, world: Path) -> list:
             "drift": ["--base", tiny, "--model", tiny, "--data-dir", data, "--out", new + ".json"],
             "sample": ["--model", tiny, "--prompt", "Question:"],
             "evals": [tiny, "--tasks", "gsm8k", "--data-dir", data, "--out", new + ".json"],
-            "report": ["--out", str(world / "report.md")], "tiny": []}[command]
+            "report": ["--out", str(world / "report.md")], "tiny": [], "world": [],
+            "study": ["--ckpt-dir", str(world / "study_ckpt"), "--results-dir", str(world / "study_results")]}[command]
 
 
 CASES = [  # (command, arguments with {w} for the folder, what the line must say)
-    ("sft", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    ("sft", ["--limit", "0"], "--limit must be at least 1"),
-    ("sft", ["--eval-every", "0"], "--eval-every must be at least 1"),
-    ("sft", ["--steps", "0"], "--steps must be at least 1"),
-    ("sft", ["--heldout", "-1"], "--heldout must be at least 0"),
-    ("sft", ["--lora-rank", "-1"], "--lora-rank must be at least 0"),
-    ("sft", ["--grad-clip", "0"], "--lr and --grad-clip must be positive"),
-    ("sft", ["--lr", "inf"], "--lr and --grad-clip must be positive and finite"),
-    ("sft", ["--lora-alpha", "0"], "--lora-alpha must be positive"),
+    # one rule for numbers: every count and every other number checked as argparse reads it, naming the flag
+    ("sft", ["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    ("sft", ["--limit", "0"], "argument --limit: must be at least 1"),
+    ("sft", ["--eval-every", "0"], "argument --eval-every: must be at least 1"),
+    ("sft", ["--steps", "0"], "argument --steps: must be at least 1"),
+    ("sft", ["--steps", "2.5"], "argument --steps: expected a whole number, got '2.5'"),
+    ("sft", ["--heldout", "-1"], "argument --heldout: must be at least 0"),
+    ("sft", ["--lora-rank", "-1"], "argument --lora-rank: must be at least 0"),
+    ("sft", ["--grad-clip", "0"], "argument --grad-clip: must be finite and above 0, got 0"),
+    ("sft", ["--lr", "inf"], "argument --lr: must be finite and above 0, got inf"),
+    ("sft", ["--lr", "nan"], "argument --lr: must be finite and above 0, got nan"),
+    ("sft", ["--epochs", "inf"], "argument --epochs: must be finite and above 0"),
+    ("sft", ["--lora-alpha", "0"], "argument --lora-alpha: must be finite and above 0"),
+    ("sft", ["--lora-dropout", "nan"], "argument --lora-dropout: must be finite and at least 0 and below 1, got nan"),
+    ("sft", ["--lora-dropout", "1"], "argument --lora-dropout: must be finite and at least 0 and below 1, got 1"),
+    ("sft", ["--weight-decay", "-0.1"], "argument --weight-decay: must be finite and at least 0"),
+    ("sft", ["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     ("sft", ["--device", "cuda"], "not available here"),
     ("sft", ["--device", "tpu9"], "unknown device 'tpu9'"),
     ("sft", ["--model", "{w}/list_config"], "list_config/config.json: expected a JSON object"),
@@ -125,38 +144,78 @@ CASES = [  # (command, arguments with {w} for the folder, what the line must say
     ("sft", ["--out", "{w}/done", "--resume", "--steps", "2", "--lr", "0.1"],
      "--resume with other flags than"),
     ("sft", ["--out", "{w}/done", "--steps", "2"], "already exists: pass --resume"),
-    ("rl", ["--batch-size", "0"], "--batch-size must be at least 1"),
-    ("rl", ["--samples-per-prompt", "0"], "--samples-per-prompt must be at least 1"),
-    ("rl", ["--eval-every", "0"], "--eval-every must be at least 1"),
-    ("rl", ["--steps", "0"], "--steps must be at least 1"),
-    ("rl", ["--steps", "-1"], "--steps must be at least 1"),
-    ("rl", ["--sample-batch-size", "0"], "--sample-batch-size must be at least 1"),
-    ("rl", ["--heldout", "-1"], "--heldout must be at least 0"),
+    ("rl", ["--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    ("rl", ["--samples-per-prompt", "0"], "argument --samples-per-prompt: must be at least 1"),
+    ("rl", ["--eval-every", "0"], "argument --eval-every: must be at least 1"),
+    ("rl", ["--steps", "-1"], "argument --steps: must be at least 1"),
+    ("rl", ["--sample-batch-size", "0"], "argument --sample-batch-size: must be at least 1"),
+    ("rl", ["--heldout", "-1"], "argument --heldout: must be at least 0"),
+    ("rl", ["--kl-coef", "nan"], "argument --kl-coef: must be finite and at least 0, got nan"),
     ("rl", ["--temperature", "0.7"], "rl.py samples at temperature 1"),
-    ("opd", ["--samples-per-prompt", "0"], "--samples-per-prompt must be at least 1"),
-    ("opd", ["--batch-size", "0"], "--batch-size must be at least 1"),
-    ("opd", ["--cuts", "0"], "--cuts must be at least 1"),
-    ("opd", ["--continuation-tokens", "0"], "--continuation-tokens must be at least 1"),
-    ("opd", ["--temperature", "-1"], "--temperature must be at least 0"),
+    ("rl", ["--limit", "8"], "fewer than one step's --batch-size 16 (raise --limit, or lower --heldout"),
+    ("opd", ["--samples-per-prompt", "0"], "argument --samples-per-prompt: must be at least 1"),
+    ("opd", ["--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    ("opd", ["--cuts", "0"], "argument --cuts: must be at least 1"),
+    ("opd", ["--continuation-tokens", "0"], "argument --continuation-tokens: must be at least 1"),
+    ("opd", ["--temperature", "-1"], "argument --temperature: must be finite and at least 0"),
+    ("opd", ["--temperature", "nan"], "argument --temperature: must be finite and at least 0, got nan"),
+    ("opd", ["--teacher-temperature", "nan"], "argument --teacher-temperature: must be finite and at least 0"),
+    ("opd", ["--teacher-temperature", "inf"], "argument --teacher-temperature: must be finite and at least 0"),
     ("opd", ["--mode", "reverse_kl", "--temperature", "0.5"],
      "reverse_kl samples at temperature 1"),
-    ("drift", ["--features", "0"], "--features must be at least 1"),
-    ("drift", ["--projections", "0"], "--projections must be at least 1"),
-    ("drift", ["--prompts", "0"], "--prompts must be at least 1"),
+    ("drift", ["--features", "0"], "argument --features: must be at least 1"),
+    ("drift", ["--projections", "0"], "argument --projections: must be at least 1"),
+    ("drift", ["--prompts", "0"], "argument --prompts: must be at least 1"),
     ("drift", ["--out", "{w}/afile/drift.json"], "afile is a file"),
-    ("sample", ["--n", "0"], "n must be at least 1, got 0"),
-    ("sample", ["--max-new-tokens", "-5"], "max_new_tokens must be at least 1, got -5"),
-    ("sample", ["--temperature", "-1"], "need temperature >= 0"),
+    ("sample", ["--n", "0"], "argument --n: must be at least 1, got 0"),
+    ("sample", ["--max-new-tokens", "-5"], "argument --max-new-tokens: must be at least 1, got -5"),
+    ("sample", ["--temperature", "-1"], "argument --temperature: must be finite and at least 0"),
+    ("sample", ["--temperature", "nan"], "argument --temperature: must be finite and at least 0, got nan"),
+    ("sample", ["--top-p", "0"], "argument --top-p: must be finite and above 0 and at most 1, got 0"),
+    ("sample", ["--top-p", "nan"], "argument --top-p: must be finite and above 0 and at most 1, got nan"),
+    ("sample", ["--top-k", "-1"], "argument --top-k: must be at least 0"),
     ("evals", ["--out", "{w}/afile/results.json"], "afile is a file"),
-    ("evals", ["--limit", "-1"], "--limit must be at least 1"),
+    ("evals", ["--limit", "-1"], "argument --limit: must be at least 1"),
+    ("evals", ["--shots", "-1"], "argument --shots: must be at least 0"),
     ("evals", ["--out", "{w}/results"], "is a directory"),
+    # never overwrite an input, nor a file the tool did not write
+    ("evals", ["--out", "{w}/tiny/config.json"], "is, holds or lies inside this run's input"),
+    ("evals", ["--out", "{w}/data/gsm8k/test.jsonl"], "is, holds or lies inside this run's input"),
+    ("evals", ["--out", "{w}/afile"], "exists and was not written by this tool"),
+    ("evals", ["--out", "{w}/link_to_config.json"], "is, holds or lies inside this run's input"),
+    ("evals", ["--out", "{w}/tiny/../tiny/config.json"], "is, holds or lies inside this run's input"),
+    ("evals", ["--out", "{w}/hardlink_to_config.json"], "is, holds or lies inside this run's input"),
+    ("drift", ["--out", "{w}/tiny/drift.json"], "is, holds or lies inside this run's input"),
+    ("drift", ["--out", "{w}/afile"], "exists and was not written by this tool"),
+    ("sft", ["--out", "{w}/tiny/run"], "is, holds or lies inside this run's input"),
+    ("sft", ["--out", "{w}"], "is, holds or lies inside this run's input"),
+    ("sft", ["--out", "{w}/data/run"], "is, holds or lies inside this run's input"),
+    ("opd", ["--out", "{w}/teacher_copy", "--teacher", "{w}/teacher_copy/inner"], "is, holds or lies inside"),
     ("report", ["{w}/results/base", "{w}/results/listed"], "listed/eval.json: not a results file"),
     ("report", ["{w}/results/base", "{w}/results/nullsummary"], "nullsummary/eval.json: not a results file"),
     ("report", ["{w}/results/base", "{w}/results/noprotocol"], "noprotocol/eval.json: not a results file"),
     ("report", ["{w}/results/base", "{w}/results/corrupt"], "corrupt/eval.json: cannot read it as JSON"),
     ("report", ["{w}/results/base", "{w}/results/trained"], "broken_log/metrics.jsonl: corrupt training log"),
     ("report", ["{w}/results/base", "--out", "{w}/results"], "is a directory"),
+    ("report", ["{w}/results/base", "{w}/results/other", "--out", "{w}/results/base/eval.json"],
+     "would go into the run folder"),
+    ("report", ["{w}/results/base", "{w}/results/other", "--out", "{w}/results/base/report.md"],
+     "would go into the run folder"),
+    ("report", ["{w}/results/base", "{w}/results/other", "--out", "{w}/afile"], "was not written by this tool"),
+    # honest statistics: a run counts once, a score is a number
+    ("report", ["{w}/results/base", "{w}/results/other", "{w}/results/other"], "the run other is given twice"),
+    ("report", ["{w}/results/base", "{w}/results/nan_scores"], "nan_scores/eval.json: the truthfulqa score"),
     ("tiny", ["{w}/done"], "done already exists"),
+    ("tiny", ["{w}/done", "--seed", "-2"], "argument --seed: must be at least 0"),
+    ("world", ["--world-seed", "0", "--out", "{w}/newworld", "--train", "0"], "argument --train: must be from 1 to"),
+    ("world", ["--world-seed", "0", "--out", "{w}/newworld", "--vocab-size", "0"], "argument --vocab-size: must be from 300"),
+    ("world", ["--world-seed", "0", "--out", "{w}/newworld", "--train", "1000000000000"],
+     "argument --train: must be from 1 to 1000000, got 1000000000000"),
+    ("world", ["--world-seed", "-1", "--out", "{w}/newworld"], "argument --world-seed: must be at least 0"),
+    ("study", ["--tiny", "--limit", "0"], "argument --limit: must be at least 1, got 0"),
+    ("study", ["--tiny", "--seeds", "0", "0"], "--seeds 0 0: a seed given twice"),
+    ("study", ["--tiny", "--seeds", "-1"], "argument --seeds: must be at least 0, got -1"),
+    ("study", ["--tiny", "--ckpt-dir", "{w}/afile"], "afile: cannot be created"),
 ]
 
 

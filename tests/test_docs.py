@@ -1,6 +1,7 @@
-"""Every command in README.md and docs/*.md parses with the flags of the script it names, and the ones that run on
+"""Every command in README.md, docs/*.md and the modules' docstrings parses with the flags of the script it names, and the ones that run on
 a CPU without a download (on the tiny checkpoint, or on the lab's paths) run: what the docs tell a reader to type
 works."""
+import ast
 import os
 import re
 import shlex
@@ -33,8 +34,13 @@ def documented_commands() -> list:
     """(where, script, argv, processes) of every `python SCRIPT ...` command in the docs (each side of a `&&` is one); a
     trailing # comment is not part of it, and torchrun's own flags are dropped."""
     found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    sources += [path for folder in ("", "evals", "lab", "tools", "infrastructure") for path in sorted((ROOT / folder).glob("*.py"))]
+    for path in sources:
         text = path.read_text()
+        if path.suffix == ".py":  # a module's docstring: how to run it
+            text = ast.get_docstring(ast.parse(text), clean=False) or ""
+        text = re.sub(r"\\\n\s*", " ", text)  # a command continued on the next line
         for match in COMMAND.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             for part in (match.group(1) or match.group(2)).split("&&"):
@@ -49,7 +55,7 @@ def documented_commands() -> list:
                     continue
                 script, argv = (words[1], words[2:]) if words[0] == "-m" else (words[0], words[1:])
                 if script != "pytest":
-                    found.append((f"{path.name}:{line}", script, argv, processes))
+                    found.append((f"{path.relative_to(ROOT)}:{line}", script, argv, processes))
     return found
 
 

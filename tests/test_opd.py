@@ -34,7 +34,7 @@ def digit_teacher(tmp_path_factory, tiny_checkpoint):
     run = training.Run(args, total_steps=30)
     examples = [{"prompt": run.tokenizer.encode(text).ids, "answer": ""} for text in TOY_PROMPTS]
     while run.step < 30:
-        rl.rl_step(run, examples)
+        rl.rl_step(run, examples, reference=None)
     run.save()
     return folder / "teacher"
 
@@ -81,7 +81,7 @@ def test_sampled_reverse_kl_estimate_averages_to_the_exact_kl(tmp_path, tiny_che
     prompt = run.tokenizer.encode(TOY_PROMPTS[0]).ids
     run.model.eval()
     samples = generate(run.model, [prompt], max_new_tokens=1, temperature=1.0, n=4000, seed=0, eos_token_id=-1)
-    sequences = opd.teacher_logprob_sequences(teacher, [prompt] * 4000, [s.tokens for s in samples], 128)
+    sequences = opd.teacher_logprob_sequences(run, teacher, [prompt] * 4000, [s.tokens for s in samples])
     batches = training.make_batches(sequences, 200_000)
     total = 0.0
     with torch.no_grad():
@@ -122,10 +122,11 @@ def test_full_kl_equals_direct_computation(tmp_path, tiny_checkpoint, digit_teac
 
 def test_mismatched_vocabulary_is_refused(tmp_path, tiny_checkpoint):
     other = write_tiny(tmp_path / "other", vocab_size=400)
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n' * 16)
+    (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "data" / "gsm8k" / "train.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n' * 16)
     result = subprocess.run([sys.executable, "opd.py", "--teacher", str(other), "--student", str(tiny_checkpoint),
-                             "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path), "--batch-size", "4"], cwd=ROOT,
+                             "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), "--batch-size", "4"],
+                            cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "vocabulary size 400" in result.stderr and not (tmp_path / "out").exists()
     student = Qwen3.from_pretrained(tiny_checkpoint)

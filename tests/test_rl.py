@@ -150,7 +150,7 @@ def test_mean_reward_rises_on_a_toy_verifiable_task(tmp_path, tiny_checkpoint):
     prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "Ann has", "Bob buys 3",
                                                             "The answer is"]]
     examples = [{"prompt": prompt, "answer": ""} for prompt in prompts]
-    rewards = [rl.rl_step(run, examples)["reward"] for _ in range(30)]
+    rewards = [rl.rl_step(run, examples, reference=None)["reward"] for _ in range(30)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert first < 0.5 and last > 0.8 and last > first + 0.3, rewards
 
@@ -165,7 +165,8 @@ def test_compiled_sampling_follows_the_training(tmp_path, tiny_checkpoint):
                           "--compile", "--reward", "digit"])
     run = training.Run(args, total_steps=3)
     prompts = [run.tokenizer.encode(text).ids for text in ["Question: how many?\nAnswer:", "The answer is"]]
-    stats = [rl.rl_step(run, [{"prompt": prompt, "answer": ""} for prompt in prompts]) for _ in range(2)]
+    stats = [rl.rl_step(run, [{"prompt": prompt, "answer": ""} for prompt in prompts], reference=None)
+             for _ in range(2)]
     assert "loss" in stats[0] and run.model in compiled.COMPILED  # compiled rollouts, then the weights changed
     # greedy, in the rows' shape the rollouts compiled (a new shape would compile afresh from the new weights)
     fast = run.sample(prompts, n=8, max_new_tokens=8, eos_token_id=-1, compile=True)

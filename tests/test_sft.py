@@ -232,7 +232,7 @@ def test_nan_weights_are_never_saved(tmp_path, tiny_checkpoint, monkeypatch):
 
 def test_nan_loss_stops_before_saving(tmp_path, tiny_checkpoint, monkeypatch):
     data = write_gsm8k(tmp_path / "data", ITEMS * 4)
-    monkeypatch.setattr(sft, "token_losses", lambda run, batch, frozen: (torch.tensor([float("nan")]), {}))
+    monkeypatch.setattr(sft, "token_losses", lambda run, batch, reference: (torch.tensor([float("nan")]), {}))
     with pytest.raises(training.TrainingError, match="loss is nan"):
         sft.main(["--model", str(tiny_checkpoint), "--data-dir", str(data), "--out", str(tmp_path / "out"),
                   "--steps", "2", "--batch-size", "4"])

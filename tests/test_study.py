@@ -90,14 +90,15 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "train sft_mild: done" in first.stdout and "--out " + str(ckpt / "sft_stress") + " --resume" in first.stdout
     report_text = (results / "report.md").read_text()
-    for row in ("| base | ours |", "| sft_stress | ours |", "| Stress SFT | paper | 0.420 | 0.245 | 0.364 |",
-                "| opd_sft_stress | ours |", "| opd_sft_mild | ours |", "| rl | ours |"):
+    for row in ("| base | 1 |", "| sft_stress | 1 |", "| Stress SFT | 0.420 | 0.245 | 0.364 |",
+                "| opd_sft_stress | 1 |", "| opd_sft_mild | 1 |", "| rl | 1 |", "### Test item 1", "**sft_stress** ("):
         assert row in report_text
     for png in ("benchmarks.png", "training_curves.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     drift_result = json.loads((results / "sft_stress" / "drift.json").read_text())
     assert set(drift_result["distances"]) == {"mmd2", "centroid", "sliced_wasserstein", "jaccard", "forward_kl",
                                               "forward_kl_per_token"}
+    assert set(drift_result["losses"]) == {"gold", "base_samples"}
     outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     second = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert second.returncode == 0 and "$ python" not in second.stdout  # no stage ran again
@@ -219,6 +220,15 @@ def test_forward_kl_is_the_base_samples_log_ratio(tmp_path, tiny_checkpoint):
     result = json.loads(out.read_text())["distances"]
     assert result["forward_kl"] == pytest.approx(sum(direct) / len(direct), abs=1e-4) and result["forward_kl"] > 0
     assert result["forward_kl_per_token"] == pytest.approx(sum(direct) / sum(len(s.tokens) for s in samples), abs=1e-4)
+    # the losses: per token, of the gold solutions and of the base's own samples, under each model
+    golds = [tokenizer.encode(gsm8k.target(item["answer"]), add_special_tokens=False).ids for item in items]
+    losses = json.loads(out.read_text())["losses"]
+    for name, model in (("base", base), ("model", post)):
+        gold = -sum(logprob(model, p, g) for p, g in zip(prompts, golds)) / sum(map(len, golds))
+        own = -sum(logprob(model, p, s.tokens) for p, s in zip(prompts, samples)) / sum(len(s.tokens) for s in samples)
+        assert losses["gold"][name] == pytest.approx(gold, abs=1e-4)
+        assert losses["base_samples"][name] == pytest.approx(own, abs=1e-4)
+    assert losses["gold"]["model"] != pytest.approx(losses["gold"]["base"], abs=1e-3)
 
 
 def test_report_over_seeds_and_the_drift_forgetting_correlation(tmp_path):
@@ -243,8 +253,8 @@ def test_report_over_seeds_and_the_drift_forgetting_correlation(tmp_path):
     assert report.main(folders + ["--out", str(tmp_path / "report.md")]) == 0
     text = (tmp_path / "report.md").read_text()
     # sft_stress: TruthfulQA 0.40, 0.42, 0.44 -> 0.420 ± 0.020; forgetting (0.2, 0.19, 0.18) -> mean 0.19
-    assert "| sft_stress (3 seeds) | ours | - | 0.420 ± 0.020 (se 0.020) | 0.600 ± 0.000 (se 0.010) |" in text
-    assert "| rl (3 seeds) | ours |" in text and "0.1900 ± 0.0100" in text
+    assert "| sft_stress | 3 | - | 0.420 ± 0.020 (se 0.020) | 0.600 ± 0.000 (se 0.010) |" in text
+    assert "| rl | 3 |" in text and "0.1900 ± 0.0100" in text
     # forgetting ranks rl seeds 0, 1, 2 then stress seeds 2, 1, 0; the MMD ranks them exactly the other way (-1);
     # the forward KL ranks rl 0, 1, 2, stress 0, 1, 2: rank differences 0, 0, 0, 2, 0, 2 give 1 - 6 * 8 / 210
     assert "MMD drift -1.00, forward KL 0.77" in text

@@ -9,12 +9,12 @@ Speed, side by side in one run: our sampler against transformers' `generate`, an
 Greedy decoding, the same prompts and lengths for both; prefill time is the time to the first token,
 decode tokens/s counts the tokens after it. Random weights are a fair stand-in for speed.
 """
-import argparse
 import tempfile
 import time
 
 import torch
 
+from infrastructure import flags
 from model import Config, Qwen3, default_dtype, token_logprobs
 from sample import generate
 
@@ -98,15 +98,15 @@ def bench_training(ours, theirs, batch, length, device, repeats):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.parser(__doc__)
     parser.add_argument("--shape", choices=SHAPES, default="small")
-    parser.add_argument("--batch", type=int, nargs="+", default=[8])
-    parser.add_argument("--prompt-length", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--train-batch", type=int, default=8, help="sequences in the training step")
-    parser.add_argument("--train-length", type=int, default=256, help="sequence length of the training step")
+    parser.add_argument("--batch", type=flags.count(1), nargs="+", default=[8])
+    parser.add_argument("--prompt-length", type=flags.count(1), default=64)
+    parser.add_argument("--new-tokens", type=flags.count(2), default=64)
+    parser.add_argument("--train-batch", type=flags.count(1), default=8, help="sequences in the training step")
+    parser.add_argument("--train-length", type=flags.count(2), default=256, help="sequence length of the training step")
     parser.add_argument("--compile", action="store_true", help="compile our decode step (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many runs")
+    parser.add_argument("--repeats", type=flags.count(1), default=3, help="timings are the best of this many runs")
     parser.add_argument("--skip-training", action="store_true")
     return parser.parse_args(argv)
 

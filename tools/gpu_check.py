@@ -17,7 +17,6 @@ The data is --data-dir (default data/tiny, the small offline slice of the real b
 --cpu-dry-run runs the same steps on CPU with a 2-layer model of the same vocabulary, to check this
 script itself on a machine without a GPU; it exercises none of the CUDA paths.
 """
-import argparse
 import json
 import os
 import shutil
@@ -122,11 +121,12 @@ def without_timing(results: dict) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from infrastructure import flags
+    parser = flags.parser(__doc__)
     parser.add_argument("--tokenizer", required=True, help="Qwen's tokenizer.json: a file, a folder or a hub id")
     parser.add_argument("--data-dir", default=str(ROOT / "data" / "tiny"), help="--data-dir for the scripts")
-    parser.add_argument("--gpus", type=int, help="GPUs for the data-parallel runs (default: all visible)")
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per training run")
+    parser.add_argument("--gpus", type=flags.count(1), help="GPUs for the data-parallel runs (default: all visible)")
+    parser.add_argument("--steps", type=flags.count(1), default=3, help="optimizer steps per training run")
     parser.add_argument("--work", help="folder for the checkpoint and the runs (default: a temporary one, removed)")
     parser.add_argument("--cpu-dry-run", action="store_true", help="check this script on CPU (no CUDA path runs)")
     return parser.parse_args(argv)
@@ -137,7 +137,7 @@ def main(argv=None):
     if not args.cpu_dry_run and not torch.cuda.is_available():
         sys.exit(f"error: tools/gpu_check.py needs a CUDA GPU, and torch.cuda.is_available() is False here (torch "
                  f"{torch.__version__}, CUDA build {torch.version.cuda}); --cpu-dry-run checks the script itself")
-    args.data_dir = str(Path(args.data_dir).resolve())  # the scripts run in this file's folder
+    args.data_dir = str(Path(args.data_dir).resolve())  # the scripts run in the project's root
     if not Path(args.data_dir, "gsm8k", "train.jsonl").is_file():
         sys.exit(f"error: --data-dir {args.data_dir}: no gsm8k/train.jsonl")
     tokenizer = find_tokenizer(args.tokenizer)
@@ -200,9 +200,9 @@ def main(argv=None):
                 ("rl compiled decode, LoRA r32", ["rl.py", *sampled, "--samples-per-prompt", 8, "--heldout", 8,
                                                   "--eval-every", args.steps, "--data-dir", rl_data, "--compile"]),
                 ("opd continuation, bf16 teacher", ["opd.py", "--teacher", checkpoint, "--teacher-dtype", "bfloat16",
-                                                    *sampled]),
+                                                    *sampled, "--heldout", 0]),
                 ("opd full_kl, bf16 teacher", ["opd.py", "--teacher", checkpoint, "--teacher-dtype", "bfloat16",
-                                               "--mode", "full_kl", *sampled])]
+                                               "--mode", "full_kl", *sampled, "--heldout", 0])]
         print(f"\ntraining: {args.steps} steps each; throughput of the last step, peak memory of rank 0, "
               f"loss and gradient norm of step 1 (1 GPU and {gpus} GPUs should agree to bf16 precision)")
         print("| run | GPUs | steps | train tok/s | sampling tok/s | peak GiB | loss 1 | grad norm 1 | wall s |")

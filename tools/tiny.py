@@ -7,7 +7,6 @@ A tiny random Qwen3 and its tokenizer: every script runs offline on it in second
 The tokenizer is trained here, with `tokenizers`, on GSM8K-shaped text, and the vocabulary size is the
 tokenizer's. Its weights are random: what it writes means nothing, only the mechanics can be checked.
 """
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from infrastructure.checkpoint import CheckpointError, atomic_directory
+from infrastructure import flags
+from infrastructure.checkpoint import CheckpointError, atomic_directory, check_writable, write_failure
 from model import Config, Qwen3
 
 
@@ -64,9 +64,9 @@ def write_tiny(out_dir, vocab_size: int = 512, seed: int = 0, hidden_size: int =
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = flags.parser(__doc__)
     parser.add_argument("out", help="the checkpoint directory to write (must not exist)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=flags.count(0), default=0)
     return parser.parse_args(argv)
 
 
@@ -74,7 +74,12 @@ def main(argv=None):
     args = parse_args(argv)
     if Path(args.out).exists():
         raise CheckpointError(f"{args.out} already exists: remove it or choose another directory")
-    print(f"wrote a tiny random Qwen3 checkpoint to {write_tiny(args.out, seed=args.seed)}")
+    check_writable(args.out)
+    try:
+        path = write_tiny(args.out, seed=args.seed)
+    except Exception as error:  # a full disk (safetensors raises its own error), ...: the staging folder is gone
+        raise CheckpointError(write_failure(args.out, error)) from None
+    print(f"wrote a tiny random Qwen3 checkpoint to {path}")
 
 
 if __name__ == "__main__":
@@ -82,3 +87,5 @@ if __name__ == "__main__":
         main()
     except CheckpointError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(130)
