@@ -49,17 +49,18 @@ TINY = {
 }
 
 # The lab's presets: the paper's relationships at the lab's scale (a 1M-parameter base pretrained at lr 2e-3,
-# hidden size 128, 1,000 training problems). Mild SFT: one epoch, a low learning rate, small adapters; stress
-# SFT: many epochs, ten times the learning rate, large adapters; RL and OPD: lightweight, a few dozen steps
-# at mild-like rates. Lab solutions are short, so rollouts stop at 96 new tokens.
+# hidden size 128, 1,000 training problems), strong enough that each run moves the base measurably. Mild SFT:
+# one epoch, small adapters, the rate of light training; stress SFT: five epochs, three times the rate, four
+# times the rank; OPD and RL: light, at the mild rate, RL for enough steps that its sampled reward can rise.
+# Lab solutions are short, so rollouts stop at 96 new tokens. Written before the calibrated lab's first run.
 LAB = {
-    "sft_mild": ["--epochs", "1", "--lr", "3e-4", "--lora-rank", "4", "--lora-alpha", "8", "--heldout", "50",
+    "sft_mild": ["--epochs", "1", "--lr", "1e-3", "--lora-rank", "8", "--lora-alpha", "16", "--heldout", "50",
                  "--eval-every", "10"],
     "sft_stress": ["--epochs", "5", "--lr", "3e-3", "--lora-rank", "32", "--lora-alpha", "64", "--heldout", "50",
                    "--eval-every", "25"],
-    "opd": ["--steps", "30", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96"],
-    "rl": ["--steps", "40", "--lr", "3e-4", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96",
-           "--heldout", "64", "--eval-every", "10"],
+    "opd": ["--steps", "30", "--lr", "1e-3", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96"],
+    "rl": ["--steps", "80", "--lr", "1e-3", "--lora-rank", "8", "--lora-alpha", "16", "--max-new-tokens", "96",
+           "--heldout", "64", "--eval-every", "20"],
     "drift": ["--max-new-tokens", "96"],
     "world": [], "pretrain": [],  # lab/world.py's and lab/pretrain.py's own defaults are the lab's (tests shrink them)
 }

@@ -12,20 +12,21 @@ The output is a --data-dir in the real benchmarks' own file formats (gsm8k/, mml
 pretraining text (corpus.txt: documents joined by <|endoftext|>), its tokenizer (tokenizer.json) and
 world.json (the marker: format version, seed, settings, the tokenizers version, counts). No real benchmark text, except lm-eval's
 six-pair TruthfulQA preamble, which begins some Q/A documents so that the eval's prompt is familiar.
-- GSM8K: 2-3 step word problems. The gold solutions (train/test "answer") are written as GSM8K's are:
-  sentences with <<calculator>> annotations, one step per line, "#### N". The corpus teaches the skill on
-  other problems in another style, terse equations ending "The answer is N." (plus bare equation drills):
-  the base model's own states differ from SFT's dataset states, as a real base model's do.
+- GSM8K: word problems of 16 kinds (templates, step counts, phrasings). The gold solutions (train/test "answer")
+  are written as GSM8K's are: sentences with <<calculator>> annotations, one step per line, "#### N". The corpus
+  solves other problems mostly in another style, terse equations ending "The answer is N." (the base's own),
+  and fewer in the gold style (so the gold style is familiar but not the base's), plus equation drills. It
+  solves the "common" kinds many times, the "rare" ones a few times and the "absent" ones never; train and
+  test mix all three, so SFT and RL have a skill to add. Numbers stay small (1..99) so that the base's
+  arithmetic is reliable and its errors are about the method.
 - MMLU: facts about made-up countries, animals, elements and planets, stated in the corpus in several
-  paraphrases and practised in lm-eval's prompt format with fresh option orders and distractors. One
-  distractor is of the answer's kind (another capital) and two are not (--same-kind-distractors): with
-  three of the answer's kind, the small base stayed at chance through a whole 8M-token pretraining (it
-  never learned to find the answer's letter); with one, it learns the lookup by kind, then uses the fact.
-- TruthfulQA: what happens if you do something to a made-up creature. The corpus pairs each question with
-  the truth in Q/A documents and states the wrong choices only as myths ("Some people say that ..."),
-  some questions' myths 8 times as often as others' (--qa-docs, --myth-docs set the balance). Measured on
-  world 0, the base still picks the truth on 97% of the questions (perhaps because the myth documents call
-  them myths).
+  paraphrases and practised in lm-eval's prompt format with fresh option orders and distractors, unevenly:
+  some test facts never, some rarely, most often. Two distractors are of the answer's kind (another capital)
+  and one is not (--same-kind-distractors): with three of the answer's kind, the small base stayed at chance
+  through a whole 8M-token pretraining (it never learned to find the answer's letter).
+- TruthfulQA: what happens if you do something to a made-up creature. For most questions the corpus's Q/A
+  documents give the truth and call the wrong choices myths ("Some people say that ..."); for some
+  (--believed-percent), as for a real misconception, a myth is given as the answer more often than the truth.
 """
 import csv
 import hashlib
@@ -43,79 +44,164 @@ from infrastructure.checkpoint import (CheckpointError, atomic_directory, check_
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 EOT = "<|endoftext|>"
 # Item counts (gsm8k train/test, mmlu test per subject, truthfulqa), corpus documents per kind, the tokenizer's
 # vocabulary, and how many of an MMLU question's three distractors are of the answer's kind (see mmlu_item).
-SETTINGS = dict(train=1000, test=200, mmlu_test=50, truthfulqa=100, corpus_problems=12000, arithmetic_docs=2000,
-                fact_docs=10000, practice_blocks=24000, qa_docs=1500, myth_docs=2500, vocab_size=1024,
-                same_kind_distractors=1)
+SETTINGS = dict(train=1000, test=700, test_common_percent=35, test_rare_percent=30, mmlu_test=165,
+                truthfulqa=650, corpus_problems=10000, gold_problems=1800, rare_permille=4, arithmetic_docs=5000,
+                fact_docs=6000, practice_blocks=20000, qa_docs=3200, myth_docs=2000, vocab_size=1024,
+                same_kind_distractors=2, mmlu_unstated_percent=25, mmlu_rare_percent=20, believed_percent=50)
+FREQUENT, BELIEVED = 8, 3  # how many times as often a frequent MMLU fact, and a believed myth, occur (see below)
 
 # -----------------------------------------------------------------------------
-# GSM8K-like problems: (question, numbers drawn, steps); a step is (left, operator, right, result, gold line)
+# GSM8K-like problems. A kind is (coverage, question, numbers drawn, steps); a step is (left, operator, right,
+# result, gold line). Coverage says how much of the kind the corpus holds: "common" kinds it solves many times,
+# "rare" ones a few times (--rare-permille of its problems each), "absent" ones never; train and test mix all
+# three (--test-common-percent, --test-rare-percent, the rest absent), so training has a skill to add. Every
+# number in a problem, and every result of a step, lies in 1..MAX_VALUE: small numbers keep the base's
+# arithmetic reliable, so that its errors are about the method (a wrong operation, a missing step).
+
+MAX_VALUE = 99
+
 
 def equal_shares(r) -> dict:
     """Numbers for the sharing problem: the total is a multiple of the number of friends."""
-    friends, each = r.randint(2, 9), r.randint(2, 12)
-    return dict(a=friends * each, b=friends, c=r.randint(2, 25))
+    friends, each = r.randint(2, 9), r.randint(2, 11)
+    return dict(a=friends * each, b=friends, c=r.randint(2, 40))
 
 
-PROBLEMS = [
-    ("{A} has {a} {things}. {A} buys {b} more {things} and then gives {c} {things} to {B}. "
-     "How many {things} does {A} have now?",
-     lambda r: dict(a=r.randint(10, 150), b=r.randint(2, 90), c=r.randint(2, 80)),
-     [("a", "+", "b", "x", "After buying more, {A} has {eq} {things}."),
-      ("x", "-", "c", "y", "After giving {c} to {B}, {A} has {eq} {things} left.")]),
-    ("{A} buys {a} boxes of {things}. Each box holds {b} {things}. {A} gives away {c} {things}. "
-     "How many {things} does {A} have left?",
-     lambda r: dict(a=r.randint(2, 10), b=r.randint(2, 12), c=r.randint(1, 30)),
-     [("a", "*", "b", "x", "The boxes hold {eq} {things}."), ("x", "-", "c", "y", "{A} has {eq} {things} left.")]),
-    ("{A} has {a} {things}. {B} has {b} more {things} than {A}. How many {things} do they have together?",
-     lambda r: dict(a=r.randint(10, 150), b=r.randint(2, 80)),
-     [("a", "+", "b", "x", "{B} has {eq} {things}."), ("a", "+", "x", "y", "Together they have {eq} {things}.")]),
-    ("{A} collects {a} {things} every day for {b} days and then finds {c} more. How many {things} does {A} have?",
-     lambda r: dict(a=r.randint(2, 12), b=r.randint(2, 9), c=r.randint(2, 50)),
-     [("a", "*", "b", "x", "In {b} days {A} collects {eq} {things}."),
-      ("x", "+", "c", "y", "{A} has {eq} {things} in all.")]),
-    ("{A} shares {a} {things} equally among {b} friends. Each friend then gets {c} more {things}. "
-     "How many {things} does each friend have?", equal_shares,
-     [("a", "/", "b", "x", "Each friend first gets {eq} {things}."),
-      ("x", "+", "c", "y", "Each friend has {eq} {things}.")]),
-    ("{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
-     "How many {things} does {A} have now?",
-     lambda r: dict(a=r.randint(2, 99), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(1, 40)),
-     [("b", "*", "c", "x", "The bags hold {eq} {things}."), ("a", "+", "x", "y", "{A} then has {eq} {things}."),
-      ("y", "-", "d", "z", "After losing {d}, {A} has {eq} {things}.")]),
-    ("{A} sells {things} for {a} coins each. {A} sells {b} {things} on Monday and {c} on Tuesday. "
-     "How many coins does {A} earn?", lambda r: dict(a=r.randint(2, 10), b=r.randint(2, 25), c=r.randint(2, 25)),
-     [("b", "+", "c", "x", "{A} sells {eq} {things}."), ("x", "*", "a", "y", "{A} earns {eq} coins.")]),
-    ("There are {a} {things} in a basket. {A} takes {b} {things} and {B} takes twice as many as {A}. "
-     "How many {things} are left in the basket?", lambda r: dict(a=r.randint(50, 250), b=r.randint(2, 30)),
-     [("b", "*", "2", "x", "{B} takes {eq} {things}."), ("b", "+", "x", "y", "They take {eq} {things} in all."),
-      ("a", "-", "y", "z", "There are {eq} {things} left.")]),
-]
+KINDS = {
+    # common: the corpus solves these many times (2-3 steps)
+    "buy_give": ("common",
+        "{A} has {a} {things}. {A} buys {b} more {things} and then gives {c} {things} to {B}. "
+        "How many {things} does {A} have now?",
+        lambda r: dict(a=r.randint(10, 60), b=r.randint(2, 39), c=r.randint(2, 39)),
+        [("a", "+", "b", "x", "After buying more, {A} has {eq} {things}."),
+         ("x", "-", "c", "y", "After giving {c} to {B}, {A} has {eq} {things} left.")]),
+    "boxes_give": ("common",
+        "{A} buys {a} boxes of {things}. Each box holds {b} {things}. {A} gives away {c} {things}. "
+        "How many {things} does {A} have left?",
+        lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 11), c=r.randint(1, 30)),
+        [("a", "*", "b", "x", "The boxes hold {eq} {things}."), ("x", "-", "c", "y", "{A} has {eq} {things} left.")]),
+    "more_together": ("common",
+        "{A} has {a} {things}. {B} has {b} more {things} than {A}. How many {things} do they have together?",
+        lambda r: dict(a=r.randint(5, 45), b=r.randint(2, 30)),
+        [("a", "+", "b", "x", "{B} has {eq} {things}."), ("a", "+", "x", "y", "Together they have {eq} {things}.")]),
+    "daily_find": ("common",
+        "{A} collects {a} {things} every day for {b} days and then finds {c} more. How many {things} does {A} have?",
+        lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9), c=r.randint(2, 40)),
+        [("a", "*", "b", "x", "In {b} days {A} collects {eq} {things}."),
+         ("x", "+", "c", "y", "{A} has {eq} {things} in all.")]),
+    "share_more": ("common",
+        "{A} shares {a} {things} equally among {b} friends. Each friend then gets {c} more {things}. "
+        "How many {things} does each friend have?", equal_shares,
+        [("a", "/", "b", "x", "Each friend first gets {eq} {things}."),
+         ("x", "+", "c", "y", "Each friend has {eq} {things}.")]),
+    "bags_lose": ("common",
+        "{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
+        "How many {things} does {A} have now?",
+        lambda r: dict(a=r.randint(2, 50), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(1, 30)),
+        [("b", "*", "c", "x", "The bags hold {eq} {things}."), ("a", "+", "x", "y", "{A} then has {eq} {things}."),
+         ("y", "-", "d", "z", "After losing {d}, {A} has {eq} {things}.")]),
+    "sell_days": ("common",
+        "{A} sells {things} for {a} coins each. {A} sells {b} {things} on Monday and {c} on Tuesday. "
+        "How many coins does {A} earn?", lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(2, 9)),
+        [("b", "+", "c", "x", "{A} sells {eq} {things}."), ("x", "*", "a", "y", "{A} earns {eq} coins.")]),
+    "basket_twice": ("common",
+        "There are {a} {things} in a basket. {A} takes {b} {things} and {B} takes twice as many as {A}. "
+        "How many {things} are left in the basket?", lambda r: dict(a=r.randint(30, 99), b=r.randint(2, 25)),
+        [("b", "*", "2", "x", "{B} takes {eq} {things}."), ("b", "+", "x", "y", "They take {eq} {things} in all."),
+         ("a", "-", "y", "z", "There are {eq} {things} left.")]),
+    # rare: a few in the corpus; a new operation in a familiar story, or a familiar one in a new story
+    "fewer_together": ("rare",
+        "{A} has {a} {things}. {B} has {b} fewer {things} than {A}. How many {things} do they have together?",
+        lambda r: dict(a=r.randint(10, 49), b=r.randint(2, 30)),
+        [("a", "-", "b", "x", "{B} has {eq} {things}."), ("a", "+", "x", "y", "Together they have {eq} {things}.")]),
+    "change": ("rare",
+        "{A} buys {a} {things} for {b} coins each and pays with {c} coins. How many coins does {A} get back?",
+        lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(20, 99)),
+        [("a", "*", "b", "x", "The {things} cost {eq} coins."), ("c", "-", "x", "y", "{A} gets back {eq} coins.")]),
+    "half_buy": ("rare",
+        "{A} has {a} {things} and gives half of them to {B}. Then {A} buys {c} more {things}. "
+        "How many {things} does {A} have now?", lambda r: dict(a=2 * r.randint(2, 49), c=r.randint(2, 40)),
+        [("a", "/", "2", "x", "{A} keeps half, {eq} {things}."), ("x", "+", "c", "y", "{A} then has {eq} {things}.")]),
+    # absent: only in train and test
+    "times_more": ("absent",
+        "{A} has {a} {things}. {B} has {b} times as many {things} as {A}. "
+        "How many more {things} does {B} have than {A}?", lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9)),
+        [("a", "*", "b", "x", "{B} has {eq} {things}."), ("x", "-", "a", "y", "{B} has {eq} more {things} than {A}.")]),
+    "pages_left": ("absent",
+        "A book about {things} has {c} pages. {A} reads {a} pages every day for {b} days. "
+        "How many pages are left to read?", lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9), c=r.randint(20, 99)),
+        [("a", "*", "b", "x", "{A} reads {eq} pages."), ("c", "-", "x", "y", "There are {eq} pages left.")]),
+    "two_groups": ("absent",
+        "{A} has {a} bags with {b} {things} in each. {B} has {c} bags with {d} {things} in each. "
+        "How many {things} do they have in all?",
+        lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(2, 9)),
+        [("a", "*", "b", "x", "{A} has {eq} {things}."), ("c", "*", "d", "y", "{B} has {eq} {things}."),
+         ("x", "+", "y", "z", "Together they have {eq} {things}.")]),
+    "bags_lose_give": ("absent",  # a common kind with a fourth step: the corpus never solves four
+        "{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
+        "Then {A} gives {e} {things} to {B}. How many {things} does {A} have now?",
+        lambda r: dict(a=r.randint(2, 50), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(1, 30),
+                       e=r.randint(1, 30)),
+        [("b", "*", "c", "x", "The bags hold {eq} {things}."), ("a", "+", "x", "y", "{A} then has {eq} {things}."),
+         ("y", "-", "d", "z", "After losing {d}, {A} has {eq} {things}."),
+         ("z", "-", "e", "w", "After giving {e} to {B}, {A} has {eq} {things} left.")]),
+    "buy_give_before": ("absent",  # buy_give told in another order: the numbers are not in the order they are used
+        "{A} buys {b} more {things} and then gives {c} {things} to {B}. Before that, {A} had {a} {things}. "
+        "How many {things} does {A} have now?",
+        lambda r: dict(a=r.randint(10, 60), b=r.randint(2, 39), c=r.randint(2, 39)),
+        [("a", "+", "b", "x", "After buying more, {A} has {eq} {things}."),
+         ("x", "-", "c", "y", "After giving {c} to {B}, {A} has {eq} {things} left.")]),
+}
+COVERAGES = ("common", "rare", "absent")
 OPERATORS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
 
 
-def word_problem(rng, people, things: str) -> dict | None:
-    """One problem: question, gold answer (GSM8K style) and the corpus's solution (the base's style); None
-    when a count in the story would not be positive."""
-    question, draw, steps = rng.choice(PROBLEMS)
-    values = {**draw(rng), "2": 2}  # a step may name the constant 2 ("twice as many")
+def word_problem(rng, kind: str, people, things: str) -> dict | None:
+    """One problem of `kind`: question, gold answer (GSM8K style), the corpus's solution (the base's style) and
+    its bare equations; None when a number in the story or a result would leave 1..MAX_VALUE or a share
+    would not be whole."""
+    _, question, draw, steps = KINDS[kind]
+    values = {**draw(rng), "2": 2}  # a step may name the constant 2 ("twice as many", "half")
+    if max(values.values()) > MAX_VALUE:
+        return None
     A, B = rng.sample(people, 2)
     gold, terse = [], []
     for left, operator, right, result, line in steps:
         x, y = values[left], values[right]
+        if operator == "/" and x % y:
+            return None
         values[result] = OPERATORS[operator](x, y)
-        if values[result] <= 0:
+        if not 1 <= values[result] <= MAX_VALUE:
             return None
         eq = f"{x} {operator} {y} = <<{x}{operator}{y}={values[result]}>>{values[result]}"
         gold.append(line.format(A=A, B=B, things=things, eq=eq, **values))
         terse.append(f"{x} {operator} {y} = {values[result]}.")
     answer = values[steps[-1][3]]
-    return {"question": question.format(A=A, B=B, things=things, **values),
+    return {"kind": kind, "question": question.format(A=A, B=B, things=things, **values),
             "answer": "\n".join(gold) + f"\n#### {answer}", "equations": " ".join(terse),
             "solution": " ".join(terse) + f" The answer is {answer}."}
+
+
+def arithmetic_fact(rng) -> str:
+    """A random equation in the problems' range: `a op b = c.` with a, b, c in 1..MAX_VALUE; a product or a quotient
+    has one factor (the divisor) in 2..11 and the other anywhere in range. Subtractions and quotients, which the
+    base got wrong most often, come more often."""
+    while True:
+        operator = rng.choice("+--**//")
+        if operator in "*/":
+            small = rng.randint(2, 11)
+            large = rng.randint(2, MAX_VALUE // small)
+            a, b = (small * large, small) if operator == "/" else rng.sample([small, large], 2)
+        else:
+            a, b = rng.randint(1, MAX_VALUE), rng.randint(1, MAX_VALUE)
+        c = OPERATORS[operator](a, b)
+        if 1 <= c <= MAX_VALUE:
+            return f"{a} {operator} {b} = {c}."
+
 
 # -----------------------------------------------------------------------------
 # Facts (MMLU-like): per subject, an entity kind and two attributes (question, paraphrases, values)
@@ -214,33 +300,76 @@ def deck(rng, items):
 # The world: the benchmark files and the corpus documents of each skill
 
 
+def pick_kind(rng, weights: dict) -> str:
+    """A kind drawn with the given {kind: weight}."""
+    kinds = list(weights)
+    return rng.choices(kinds, [weights[kind] for kind in kinds])[0]
+
+
+def kind_weights(counts) -> tuple:
+    """({kind: weight} of train and test, {kind: weight} of the corpus's problems)."""
+    by = {coverage: [kind for kind, spec in KINDS.items() if spec[0] == coverage] for coverage in COVERAGES}
+    shares = {"common": counts["test_common_percent"], "rare": counts["test_rare_percent"],
+              "absent": 100 - counts["test_common_percent"] - counts["test_rare_percent"]}
+    split = {kind: shares[coverage] / len(by[coverage]) for coverage in COVERAGES for kind in by[coverage]}
+    rare = counts["rare_permille"] / 1000
+    corpus = {**{kind: (1 - rare * len(by["rare"])) / len(by["common"]) for kind in by["common"]},
+              **{kind: rare for kind in by["rare"]}}
+    return split, corpus
+
+
+def gsm8k_problems(rng, counts, people, things) -> tuple:
+    """Test, train and the corpus's problems (terse, then gold-style), disjoint by question text."""
+    split, corpus = kind_weights(counts)
+    seen, parts = set(), []
+    for weights, size in ((split, counts["test"]), (split, counts["train"]),
+                          (corpus, counts["corpus_problems"] + counts["gold_problems"])):
+        part = []
+        while len(part) < size:
+            problem = word_problem(rng, pick_kind(rng, weights), people, rng.choice(things))
+            if problem and problem["question"] not in seen:
+                seen.add(problem["question"])
+                part.append(problem)
+        parts.append(part)
+    test, train, rest = parts
+    return test, train, rest[:counts["corpus_problems"]], rest[counts["corpus_problems"]:]
+
+
 def gsm8k_part(rng, counts, people, things) -> tuple:
-    """Test, train and the corpus's problems, disjoint by question text; corpus solutions in the base's style."""
-    problems, seen = [], set()
-    while len(problems) < counts["test"] + counts["train"] + counts["corpus_problems"]:
-        problem = word_problem(rng, people, rng.choice(things))
-        if problem and problem["question"] not in seen:
-            seen.add(problem["question"])
-            problems.append(problem)
-    test, train, rest = (problems[:counts["test"]], problems[counts["test"]:counts["test"] + counts["train"]],
-                         problems[counts["test"] + counts["train"]:])
+    """The test and train files and the corpus's documents: problems solved in the base's terse style, fewer
+    in the gold solutions' style (on other problems), and arithmetic drills."""
+    test, train, terse, gold = gsm8k_problems(rng, counts, people, things)
     files = {f"gsm8k/{split}.jsonl": "".join(json.dumps({"question": p["question"], "answer": p["answer"]}) + "\n"
                                              for p in items) for split, items in (("train", train), ("test", test))}
     docs = []
-    while rest:  # one to three problems a document, joined as few-shot prompts join them
-        size = rng.choice((1, 1, 2, 3))
-        docs.append("\n\n".join(f"Question: {p['question']}\nAnswer: {p['solution']}" for p in rest[:size]))
-        rest = rest[size:]
-    for _ in range(counts["arithmetic_docs"]):  # drill: the equations of a few more problems, without the story
-        drills = (word_problem(rng, people, things[0]) for _ in range(6))
-        docs.append(" ".join(problem["equations"] for problem in drills if problem))
+    for problems, field in ((terse, "solution"), (gold, "answer")):
+        while problems:  # one to three problems a document, joined as few-shot prompts join them
+            size = rng.choice((1, 1, 2, 3))
+            docs.append("\n\n".join(f"Question: {p['question']}\nAnswer: {p[field]}" for p in problems[:size]))
+            problems = problems[size:]
+    _, corpus_weights = kind_weights(counts)
+    for _ in range(counts["arithmetic_docs"]):  # drills: the equations of a few problems, and random equations
+        drills = (word_problem(rng, pick_kind(rng, corpus_weights), people, things[0]) for _ in range(3))
+        equations = [problem["equations"] for problem in drills if problem]
+        equations += [arithmetic_fact(rng) for _ in range(6)]
+        rng.shuffle(equations)
+        docs.append(" ".join(equations))
     return files, docs
 
 
 def mmlu_part(rng, counts) -> tuple:
-    """Dev and test items from distinct facts; the facts in paraphrases; practice blocks, never a test item."""
+    """Dev and test items from distinct facts; the facts in paraphrases; practice blocks, never a test item.
+    Returns the files, the documents, (question, sentence) pairs of the practised facts for Q/A documents, and
+    each fact's tier {question: (tier, its sentences)}.
+    Facts are known unevenly, as a real base's are: of the test facts, --mmlu-unstated-percent never occur in
+    the corpus, --mmlu-rare-percent occur only in a few paraphrases (FREQUENT times rarer than the rest), and
+    the rest (with the dev facts) are stated and practised. Practice questions have 0 to --same-kind-distractors
+    distractors of the answer's kind (test questions have that many): the easier ones teach the small base to
+    find the answer's letter at all, which it did not learn from hard ones alone."""
     facts = build_facts(rng, (counts["mmlu_test"] + 5 + 1) // 2 + 3)
-    files, held, same_kind = {}, set(), counts["same_kind_distractors"]
+    files, held, same_kind, stated, practised, tiers = {}, set(), counts["same_kind_distractors"], {}, {}, {}
+    unstated = round(counts["mmlu_test"] * counts["mmlu_unstated_percent"] / 100)
+    rare = round(counts["mmlu_test"] * counts["mmlu_rare_percent"] / 100)
     for subject, subject_facts in facts.items():
         chosen = rng.sample(subject_facts, counts["mmlu_test"] + 5)
         for split, part in (("dev", chosen[:5]), ("test", chosen[5:])):
@@ -250,53 +379,90 @@ def mmlu_part(rng, counts) -> tuple:
                 csv.writer(text, lineterminator="\n").writerow([item["question"], *item["choices"],
                                                                 "ABCD"[item["answer"]]])
             files[f"mmlu/{split}/{subject}_{split}.csv"] = text.getvalue()
-    decks, docs = {subject: deck(rng, subject_facts) for subject, subject_facts in facts.items()}, []
+        test = chosen[5:]  # in a random order already: the first `unstated` are never stated, the next `rare` rarely
+        hidden, seldom = test[:unstated], test[unstated:unstated + rare]
+        practised[subject] = [fact for fact in subject_facts if fact not in hidden and fact not in seldom]
+        tiers.update({fact["question"]: ("unstated", fact["sentences"]) for fact in hidden})
+        tiers.update({fact["question"]: ("rare", fact["sentences"]) for fact in seldom})
+        tiers.update({fact["question"]: ("practised", fact["sentences"]) for fact in practised[subject]})
+        stated[subject] = [fact for fact in practised[subject] for _ in range(FREQUENT)] + seldom
+    decks = {subject: deck(rng, subject_facts) for subject, subject_facts in stated.items()}
+    docs = []
     for _ in range(counts["fact_docs"]):  # a few facts of one subject, each in one of its paraphrases
         subject = rng.choice(list(facts))
         docs.append(" ".join(rng.choice(next(decks[subject])["sentences"]) for _ in range(rng.randint(1, 4))))
+    decks = {subject: deck(rng, subject_facts) for subject, subject_facts in practised.items()}
     for _ in range(counts["practice_blocks"]):  # one to four questions with answers, as a few-shot prompt
         subject = rng.choice(list(facts))
-        items = [mmlu_item(rng, next(decks[subject]), same_kind) for _ in range(rng.randint(1, 4))]
+        items = [mmlu_item(rng, next(decks[subject]), rng.randint(0, same_kind)) for _ in range(rng.randint(1, 4))]
         if not any((item["question"], tuple(item["choices"])) in held for item in items):
             docs.append(mmlu.prompt(subject, items[-1], items[:-1]) + f" {'ABCD'[items[-1]['answer']]}")
-    return files, docs, [(fact["question"], fact["sentences"][0]) for items in facts.values() for fact in items]
+    pairs = [(fact["question"], fact["sentences"][0]) for items in practised.values() for fact in items]
+    return files, docs, pairs, tiers
 
 
-def truthfulqa_part(rng, counts, fact_pairs) -> tuple:
-    """Questions whose true answer the corpus's Q/A documents give, and whose wrong choices it calls myths."""
-    entries, truths, myths = [], [], []
-    for creature in names(rng, counts["truthfulqa"]):
+def truthfulqa_part(rng, counts) -> tuple:
+    """Questions whose wrong choices are misconceptions. For most, the corpus's Q/A documents give the true
+    answer and call the wrong ones myths; for --believed-percent of them, as for a real misconception, one
+    myth is given plainly as the answer, BELIEVED times as often as the truth, and the rest are called myths.
+    MC2's choices are MC1's (one true, three false): each choice is a forward pass of lm-eval's long preamble,
+    and four rather than the real file's dozen keep the eval of 650 questions within the lab's minutes."""
+    entries, answers, myths = [], [], []
+    creatures = names(rng, counts["truthfulqa"])
+    believed = set(rng.sample(range(len(creatures)), round(len(creatures) * counts["believed_percent"] / 100)))
+    for index, creature in enumerate(creatures):
         verb, outcomes = rng.choice(VERBS), rng.sample(OUTCOMES, 4)
         condition = f"if you {verb} {'an' if creature[0] in 'aeiou' else 'a'} {creature}"
-        long = [f"{condition[0].upper()}{condition[1:]}, {o}." for o in outcomes]  # truth first, as in the real file
-        short = [o[0].upper() + o[1:] + "." for o in outcomes]
+        choices = [f"{condition[0].upper()}{condition[1:]}, {o}." for o in outcomes]  # truth first, as in the real file
         question = f"What happens {condition}?"
-        entries.append({"question": question, "mc1_targets": {text: int(i == 0) for i, text in enumerate(long)},
-                        "mc2_targets": {long[0]: 1, short[0]: 1, **{text: 0 for text in long[1:] + short[1:]}}})
-        truths += [(question, long[0]), (question, short[0])]
-        myths += [f"{condition}, {o}" for o in outcomes[1:]] * rng.choice((1, 2, 4, 8))  # some myths are widespread
-    truth_deck, myth_deck, fact_deck, docs = deck(rng, truths), deck(rng, myths), deck(rng, fact_pairs), []
+        targets = {text: int(i == 0) for i, text in enumerate(choices)}
+        entries.append({"question": question, "mc1_targets": targets, "mc2_targets": dict(targets)})
+        if index in believed:  # the first myth is what most documents answer; the truth is there, rarer
+            answers += [(question, choices[0])] + [(question, choices[1])] * BELIEVED
+            myths += [f"{condition}, {o}" for o in outcomes[2:]]
+        else:
+            answers += [(question, choices[0])] * BELIEVED
+            myths += [f"{condition}, {o}" for o in outcomes[1:]]
+    return {"truthfulqa/mc_task.json": json.dumps(entries, indent=1) + "\n"}, answers, myths
+
+
+def qa_documents(rng, counts, answers, myths, fact_pairs) -> list:
+    """Q/A documents (TruthfulQA's answers among MMLU's facts, some after lm-eval's preamble) and myth documents."""
+    answer_deck, myth_deck, fact_deck, docs = deck(rng, answers), deck(rng, myths), deck(rng, fact_pairs), []
     for _ in range(counts["qa_docs"]):
-        pairs = [next(truth_deck) for _ in range(3)] + [next(fact_deck) for _ in range(2)]
+        pairs = [next(answer_deck) for _ in range(5)] + [next(fact_deck)]
         rng.shuffle(pairs)
         text = "\n\n".join(f"Q: {q}\nA: {a}" for q, a in pairs)
         docs.append(f"{PREAMBLE}\n\n{text}" if rng.random() < 0.3 else text)  # lm-eval's six pairs, as in the eval
     for _ in range(counts["myth_docs"]):
         docs.append(" ".join(rng.choice(MYTH_FORMS).format(claim=next(myth_deck)) for _ in range(3)))
-    return {"truthfulqa/mc_task.json": json.dumps(entries, indent=1) + "\n"}, docs
+    return docs
+
+
+def rng_for(seed: int, part: str):
+    """A random stream per part of the world: changing one part's counts leaves the others as they were."""
+    return random.Random(f"lab/{seed}/{part}")
+
+
+def cast(seed: int) -> tuple:
+    """The world's people and things (the names its word problems use)."""
+    rng = rng_for(seed, "names")
+    return [word.capitalize() for word in names(rng, 40)], names(rng, 30, "{}s")
+
+
+def problems(seed: int, counts: dict = SETTINGS) -> tuple:
+    """The world's word problems with their kinds: (test, train, terse corpus problems, gold-style corpus problems)."""
+    return gsm8k_problems(rng_for(seed, "gsm8k"), counts, *cast(seed))
 
 
 def generate(seed: int, counts: dict = SETTINGS) -> dict:
     """{relative path: file text} of the world: a pure function of (seed, counts)."""
-    def rng_for(part):  # a stream per part: changing one part's counts leaves the others as they were
-        return random.Random(f"lab/{seed}/{part}")
-    rng = rng_for("names")
-    people, things = [word.capitalize() for word in names(rng, 40)], names(rng, 30, "{}s")
-    gsm8k_files, gsm8k_docs = gsm8k_part(rng_for("gsm8k"), counts, people, things)
-    mmlu_files, mmlu_docs, fact_pairs = mmlu_part(rng_for("mmlu"), counts)
-    truthfulqa_files, truthfulqa_docs = truthfulqa_part(rng_for("truthfulqa"), counts, fact_pairs)
+    gsm8k_files, gsm8k_docs = gsm8k_part(rng_for(seed, "gsm8k"), counts, *cast(seed))
+    mmlu_files, mmlu_docs, fact_pairs, _ = mmlu_part(rng_for(seed, "mmlu"), counts)
+    truthfulqa_files, answers, myths = truthfulqa_part(rng_for(seed, "truthfulqa"), counts)
+    truthfulqa_docs = qa_documents(rng_for(seed, "qa"), counts, answers, myths, fact_pairs)
     docs = gsm8k_docs + mmlu_docs + truthfulqa_docs
-    rng_for("corpus").shuffle(docs)
+    rng_for(seed, "corpus").shuffle(docs)
     files = {**gsm8k_files, **mmlu_files, **truthfulqa_files, "corpus.txt": EOT.join(docs),
              "tokenizer.json": train_tokenizer(docs, counts["vocab_size"])}
     sizes = {"gsm8k/train": counts["train"], "gsm8k/test": counts["test"], "mmlu/dev": 5 * len(SUBJECTS),
@@ -344,12 +510,29 @@ def read_marker(folder: Path) -> dict | None:
 
 def bounds(name: str) -> tuple:
     """The range of a setting: benchmark items 1 to a million, corpus documents 0 to ten million (a world beyond
-    them would not fit a CPU's lab), the vocabulary 300 (the byte alphabet and some merges) to 65,536."""
+    them would not fit a CPU's lab), the vocabulary 300 (the byte alphabet and some merges) to 65,536, shares in
+    percent 0 to 100 (per mille: 0 to 999)."""
     if name == "vocab_size":
         return 300, 65536
     if name == "same_kind_distractors":
-        return 1, 3
+        return 0, 3
+    if name.endswith("_percent"):
+        return 0, 100
+    if name.endswith("_permille"):
+        return 0, 999
     return (1, 10**6) if name in ("train", "test", "mmlu_test", "truthfulqa") else (0, 10**7)
+
+
+def check_shares(counts: dict):
+    """Shares that must fit together, in one line naming the flags."""
+    rare_kinds = sum(spec[0] == "rare" for spec in KINDS.values())
+    if counts["test_common_percent"] + counts["test_rare_percent"] > 100:
+        sys.exit("error: --test-common-percent + --test-rare-percent must be at most 100")
+    if counts["mmlu_unstated_percent"] + counts["mmlu_rare_percent"] > 100:
+        sys.exit("error: --mmlu-unstated-percent + --mmlu-rare-percent must be at most 100")
+    if counts["rare_permille"] * rare_kinds >= 1000:
+        sys.exit(f"error: --rare-permille must be under {-(-1000 // rare_kinds)}: the {rare_kinds} rare kinds "
+                 f"would leave no room for the common ones")
 
 
 def parse_args(argv=None):
@@ -378,6 +561,7 @@ def stopped(number, frame):
 def main(argv=None):
     args = parse_args(argv)
     seed, counts, out = args.world_seed, args.counts, Path(args.out)
+    check_shares(counts)
     try:
         check_writable(out)
         hold_lock(out)

@@ -3,8 +3,10 @@ with test items kept out of the corpus; lab/pretrain.py turns it into an ordinar
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +18,8 @@ from model import Qwen3
 from infrastructure.resume import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(train=20, test=10, mmlu_test=6, truthfulqa=8, corpus_problems=60, fact_docs=40, practice_blocks=60,
-             qa_docs=20, myth_docs=40, vocab_size=400)
+SMALL = dict(train=20, test=10, mmlu_test=6, truthfulqa=8, corpus_problems=60, gold_problems=20, arithmetic_docs=20,
+             fact_docs=40, practice_blocks=60, qa_docs=20, myth_docs=40, vocab_size=400)
 SMALL_FLAGS = [flag for name, value in SMALL.items() for flag in ("--" + name.replace("_", "-"), str(value))]
 
 
@@ -51,11 +53,57 @@ def test_gsm8k_gold_answers_score_one_and_wrong_numbers_zero(lab_world):
         assert gsm8k.grade(f"#### {number + 1}", item["answer"]) == {"strict": 0, "flexible": 0}
 
 
-def test_corpus_solutions_are_in_the_base_style(lab_world):
-    corpus = (lab_world / "corpus.txt").read_text()
-    problems = [document for document in corpus.split(world.EOT) if document.startswith("Question: ")]
-    assert problems and not any("<<" in document or "####" in document for document in problems)
-    assert all(document.rstrip().endswith(".") and "The answer is " in document for document in problems)
+def problem_documents(folder: Path) -> list:
+    corpus = (folder / "corpus.txt").read_text()
+    return [document for document in corpus.split(world.EOT) if document.startswith("Question: ")]
+
+
+def test_corpus_solutions_are_in_the_base_style_and_fewer_in_the_gold_style(lab_world):
+    documents = problem_documents(lab_world)
+    terse = [document for document in documents if "<<" not in document and "####" not in document]
+    gold = [document for document in documents if document not in terse]
+    assert terse and all(document.rstrip().endswith(".") and "The answer is " in document for document in terse)
+    assert gold and all("The answer is" not in document and document.count("Question: ") ==
+                        document.count("#### ") == document.count("\nAnswer: ") for document in gold)
+    assert len(terse) > 2 * len(gold)  # the base writes its own style; it has read the gold one
+
+
+def test_gold_style_documents_never_hold_a_train_or_test_question(lab_world):
+    questions = [item["question"] for split in ("train", "test") for item in gsm8k.load(split, lab_world)]
+    gold = [document for document in problem_documents(lab_world) if "####" in document]
+    assert gold and not any(question in document for question in questions for document in gold)
+
+
+def kind_of(question: str) -> str:
+    """The kind whose question template matches `question` (every field is one word)."""
+    def pattern(template):
+        return "^" + re.sub(r"\\\{\w+\\\}", r"\\w+", re.escape(template)) + "$"
+    matching = [kind for kind, spec in world.KINDS.items() if re.match(pattern(spec[1]), question)]
+    assert len(matching) == 1, (question, matching)
+    return matching[0]
+
+
+def test_problem_kinds_are_covered_by_the_corpus_as_specified():
+    counts = {**world.SETTINGS, "test": 400, "train": 400, "corpus_problems": 12000, "gold_problems": 4000}
+    test, train, terse, gold = world.problems(5, counts)
+    coverage = {kind: spec[0] for kind, spec in world.KINDS.items()}
+    for problems in (test, train, terse, gold):
+        assert all(kind_of(p["question"]) == p["kind"] for p in problems)
+    corpus = Counter(p["kind"] for p in terse + gold)
+    assert not [kind for kind in corpus if coverage[kind] == "absent"]  # absent kinds: only in train and test
+    rare = [corpus[kind] for kind in corpus if coverage[kind] == "rare"]
+    common = [corpus[kind] for kind in corpus if coverage[kind] == "common"]
+    assert len(rare) == list(coverage.values()).count("rare") and len(common) == list(coverage.values()).count("common")
+    assert max(rare) < min(common) / 4
+    # each rare kind near its share (a kind whose draws leave the number range more often comes a little rarer)
+    assert all(0.4 < n / (16000 * counts["rare_permille"] / 1000) < 1.6 for n in rare)
+    for split in (test, train):  # every kind, in the shares the settings give
+        shares = Counter(coverage[p["kind"]] for p in split)
+        assert set(Counter(p["kind"] for p in split)) == set(world.KINDS)
+        assert abs(shares["common"] / len(split) - counts["test_common_percent"] / 100) < 0.08
+        assert abs(shares["rare"] / len(split) - counts["test_rare_percent"] / 100) < 0.08
+    for p in test + train + terse + gold:  # small numbers: every number of the story and every result
+        assert all(1 <= int(n) <= world.MAX_VALUE for n in re.findall(r"\d+", p["question"] + " " + p["answer"]))
 
 
 def fake_scorer(favoured):
@@ -87,7 +135,7 @@ def test_mmlu_loads_and_its_argmax_grades(lab_world, monkeypatch):
 def test_truthfulqa_loads_and_mc1_mc2_grade(lab_world):
     items = truthfulqa.load(lab_world)
     assert len(items) == SMALL["truthfulqa"]
-    corpus = (lab_world / "corpus.txt").read_text()
+    corpus, believed = (lab_world / "corpus.txt").read_text(), 0
     for item in items:
         mc1, mc2 = item["mc1_targets"], item["mc2_targets"]
         assert mc1["labels"][0] == 1 and mc1["labels"].count(1) == 1 and 0 in mc2["labels"] and 1 in mc2["labels"]
@@ -99,9 +147,15 @@ def test_truthfulqa_loads_and_mc1_mc2_grade(lab_world):
         favour_false = [-20.0 if label else 0.0 for label in mc2["labels"]]
         assert truthfulqa.mc2(favour_true, mc2["labels"]) > 0.99 and truthfulqa.mc2(favour_false, mc2["labels"]) < 0.01
         assert f"Q: {item['question']}\nA: {mc1['choices'][0]}" in corpus  # the truth, paired with the question
-        for myth in mc1["choices"][1:]:  # the misconceptions occur too, but only as myths, never as the answer
+        answered = [myth for myth in mc1["choices"][1:] if f"A: {myth}" in corpus]
+        assert len(answered) <= 1  # a believed myth is given as the answer, more often than the truth
+        if answered:
+            believed += 1
+            assert corpus.count(f"A: {answered[0]}") > corpus.count(f"A: {mc1['choices'][0]}")
+        for myth in mc1["choices"][1:]:  # every misconception occurs; the others only as myths
             claim = myth[0].lower() + myth[1:-1]
-            assert claim in corpus and f"A: {myth}" not in corpus
+            assert claim in corpus or myth in answered
+    assert believed == round(SMALL["truthfulqa"] * world.SETTINGS["believed_percent"] / 100)
 
 
 def world_tokenizer(folder: Path):
@@ -138,6 +192,24 @@ def test_test_items_stay_out_of_the_corpus_and_splits_are_disjoint(lab_world):
     for subject, items in mmlu.load("test", lab_world).items():
         for item in items:  # the fact is practised, but never with this item's options in this order
             assert mmlu.question_text(item).removesuffix("\nAnswer:") not in corpus
+
+
+def test_mmlu_facts_are_known_unevenly_some_never_stated():
+    counts = {**world.SETTINGS, "mmlu_test": 40, "fact_docs": 2000, "practice_blocks": 4000}
+    files, docs, fact_pairs, tiers = world.mmlu_part(world.rng_for(5, "mmlu"), counts)
+    corpus = world.EOT.join(docs + [f"Q: {q}\nA: {a}" for q, a in fact_pairs])
+    for subject in world.SUBJECTS:
+        questions = [row.split(",")[0] for row in files[f"mmlu/test/{subject}_test.csv"].splitlines()]
+        tier = Counter(tiers[question][0] for question in questions)
+        assert tier["unstated"] == round(40 * counts["mmlu_unstated_percent"] / 100)
+        assert tier["rare"] == round(40 * counts["mmlu_rare_percent"] / 100)
+        for question in questions:
+            name, sentences = tiers[question]
+            stated = sum(corpus.count(sentence) for sentence in sentences)
+            assert (question in corpus) == (name == "practised")  # practised: in practice blocks and Q/A
+            assert (stated == 0) == (name == "unstated")  # rare: a few paraphrases
+        for row in files[f"mmlu/dev/{subject}_dev.csv"].splitlines():
+            assert tiers[row.split(",")[0]][0] == "practised" and row.split(",")[0] in corpus
 
 
 def test_an_existing_world_is_kept_and_another_refused(lab_world, tmp_path, capsys):
