@@ -120,6 +120,30 @@ def grade(completion: str, reference: str) -> dict:
     return {name: int(normalize(answer) == expected) for name, answer in extract(completion).items()}
 
 # -----------------------------------------------------------------------------
+# What a solution looks like: the dataset's style, and slips of arithmetic (the report's state measures)
+
+CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotation: "5 * 4 = <<5*4=20>>20"
+EQUATION = re.compile(r"(?<![\d.,])(\d+) ?([-+*/×]) ?(\d+) ?= ?(\d+)(?![\d,]|\.\d)")  # whole numbers only
+
+
+def gold_style(completion: str) -> bool:
+    """Whether a completion writes the dataset's markers: a calculator annotation or a "#### N" line."""
+    return "<<" in completion or "####" in completion
+
+
+def false_equation(completion: str) -> bool:
+    """Whether a completion states `a op b = c` with a false c (a slip of arithmetic, not of method); division
+    must be exact. Calculator annotations are read as the equation they annotate."""
+    for left, operator, right, result in EQUATION.findall(CALCULATOR.sub("", completion)):
+        a, b, c = int(left), int(right), int(result)
+        true = {"+": a + b, "-": a - b, "*": a * b, "×": a * b}.get(operator)
+        if operator == "/":
+            true = a // b if b and a % b == 0 else None
+        if true != c:
+            return True
+    return False
+
+# -----------------------------------------------------------------------------
 # Evaluation
 
 

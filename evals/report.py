@@ -17,16 +17,15 @@ against each drift measure on a log axis over every run and seed, with Spearman'
 """
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from evals import findings, write_atomically
+from evals import findings, gsm8k, write_atomically
 from infrastructure import flags
-from infrastructure.checkpoint import CheckpointError, check_writable, guard_output, write_failure
+from infrastructure.checkpoint import CheckpointError, check_writable, guard_output
 
 # The paper's Table 2 (arXiv 2605.22731): GSM8K, TruthfulQA, MMLU, MMD drift, forgetting, retention
 PAPER = {
@@ -173,19 +172,23 @@ def paper_change(name: str, index: int):
     return None if paper is None or name == "base" else paper[index] - paper_base[index]
 
 
+def changes_by_run(runs: list, base: dict) -> dict:
+    """{run: {benchmark: (each seed's change from the base, the paper's change from its base or None)}}."""
+    return {name: {label: ([run["scores"][task][0] - base["scores"][task][0] for run in group
+                            if task in run["scores"] and task in base["scores"]], paper_change(name, index))
+                   for index, (task, _, label) in enumerate(BENCHMARKS, start=1)}
+            for name, group in groups(runs).items() if name != base["name"]}
+
+
 def change_table(runs: list, base: dict) -> str:
     """Each run's mean change from its base beside the paper's change from its base: two different worlds'
     absolute scores do not compare, the direction of a change does."""
     lines = ["| run | GSM8K change | paper | TruthfulQA change | paper | MMLU change | paper | forgetting | paper | "
              "retention | paper | signs as the paper's |", "|---|" + "---|" * 11]
-    for name, group in groups(runs).items():
-        if name == base["name"]:
-            continue
-        cells, agree, compared = [], 0, 0
-        for index, (task, _, _) in enumerate(BENCHMARKS, start=1):
-            changes = [run["scores"][task][0] - base["scores"][task][0] for run in group
-                       if task in run["scores"] and task in base["scores"]]
-            paper = paper_change(name, index)
+    grouped = groups(runs)
+    for name, benchmarks in changes_by_run(runs, base).items():
+        group, cells, agree, compared = grouped[name], [], 0, 0
+        for changes, paper in benchmarks.values():
             cells += [f"{np.mean(changes):+.3f}" if changes else "-", "-" if paper is None else f"{paper:+.3f}"]
             if changes and paper:
                 compared += 1
@@ -335,110 +338,35 @@ def side_by_side(runs: list) -> list:
     return lines
 
 
-def losses_table(runs: list) -> str:
-    """Per run, the loss per token (nats) of the gold solutions and of the base's own samples, mean over seeds;
-    the base's row from the same files. Low gold loss: the dataset's states are familiar to the model."""
-    lines = ["| model | gold solutions | the base's samples |", "|---|---|---|"]
-    rows = {name: [run["losses"] for run in group if run.get("losses")] for name, group in groups(runs).items()}
-    first = next((losses for losses in rows.values() if losses), None)
-    if first is None:
-        return ""
-    lines.append(f"| base | {first[0]['gold']['base']:.3f} | {first[0]['base_samples']['base']:.3f} |")
-    for name, losses in rows.items():
-        if losses:
-            lines.append(f"| {name} | " + " | ".join(mean_and_spread([l[kind]["model"] for l in losses], 3)
-                                                     for kind in ("gold", "base_samples")) + " |")
-    return "\n".join(lines)
-
-# -----------------------------------------------------------------------------
-# Plots
+def style_and_slips(run: dict) -> tuple:
+    """(share of the greedy GSM8K solutions in the dataset's style, share of the wrong ones with a false
+    equation), None where the run has no items (or no wrong answer)."""
+    items = run.get("items") or []
+    wrong = [r for r in items if not r["correct"]["flexible"]]
+    style = sum(gsm8k.gold_style(r["prediction"]) for r in items) / len(items) if items else None
+    slips = sum(gsm8k.false_equation(r["prediction"]) for r in wrong) / len(wrong) if wrong else None
+    return style, slips
 
 
-def plot_benchmarks(runs: list, base: dict, path: Path) -> bool:
-    """Each run's change from its base per benchmark: ours as bars (mean over seeds, ± their standard deviation),
-    the paper's change from its base as black diamonds."""
-    grouped = [(name, group) for name, group in groups(runs).items() if name != base["name"]]
-    if not grouped:
-        return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(grouped)), 4.5))
-    width = 0.8 / len(BENCHMARKS)
-    for k, (task, _, label) in enumerate(BENCHMARKS, start=1):
-        xs = [i + (k - 2) * width for i in range(len(grouped))]
-        changes = [[run["scores"][task][0] - base["scores"][task][0] for run in group
-                    if task in run["scores"] and task in base["scores"]] for _, group in grouped]
-        axis.bar(xs, [np.mean(c) if c else 0 for c in changes], width, capsize=3, label=label,
-                 yerr=[np.std(c, ddof=1) if len(c) > 1 else 0 for c in changes])
-        paper = [(x, paper_change(name, k)) for x, (name, _) in zip(xs, grouped)]
-        axis.scatter([x for x, v in paper if v is not None], [v for _, v in paper if v is not None], marker="D",
-                     color="black", zorder=3, label="the paper's change" if k == 1 else None)
-    axis.axhline(0, color="grey", linewidth=0.5)
-    axis.set_xticks(range(len(grouped)), [name for name, _ in grouped], rotation=20, ha="right")
-    axis.set_ylabel("change from the base")
-    axis.set_title("Change from the base: ours (bars, mean ± sd over seeds) and the paper's (diamonds)")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path)
-    plt.close(figure)
-    return True
-
-
-def plot_drift_and_forgetting(points: list, path: Path) -> bool:
-    """Forgetting against each drift measure on a log axis (the runs span orders of magnitude), one point per run
-    and seed, each run in its colour; a forward KL estimate at or below 0 sits on the linear part near 0."""
-    if len(points) < 3:
-        return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    names = list(dict.fromkeys(paper_name(name) for name, *_ in points))
-    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
-    for axis, index, label in ((axes[0], 1, "MMD drift (lexical prefix states)"),
-                               (axes[1], 2, "forward KL(base || post) per token (nats)")):
-        for name in names:
-            mine = [point for point in points if paper_name(point[0]) == name]
-            axis.scatter([p[index] for p in mine], [p[3] for p in mine], color=colours[name], label=name)
-        positive = [p[index] for p in points if p[index] > 0]
-        axis.set_xscale("symlog", linthresh=min(positive) if positive else 1e-6)
-        rho = spearman([p[index] for p in points], [p[3] for p in points])
-        axis.set_title(f"Spearman rank correlation {rho:.2f} ({len(points)} runs)")
-        axis.set_xlabel(label + ", log scale")
-        axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
-        axis.axhline(0, color="grey", linewidth=0.5)
-    axes[1].legend(fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path)
-    plt.close(figure)
-    return True
-
-
-def plot_training_curves(runs: list, path: Path) -> bool:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    curves = [(run["name"], run["metrics"]) for run in runs if run["metrics"]]
-    if not curves:
-        return False
-    columns = min(3, len(curves))
-    rows = -(-len(curves) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.4 * rows), squeeze=False)
-    for axis in axes.flat[len(curves):]:
-        axis.set_visible(False)
-    for axis, (name, records) in zip(axes.flat, curves):
-        for metric in ("loss", "heldout_loss", "reward", "teacher_kl", "heldout_accuracy"):
-            points = [(r["step"], r[metric]) for r in records if metric in r]
-            if points:
-                axis.plot(*zip(*points), marker="." if len(points) < 30 else None, label=metric)
-        axis.set_title(name)
-        axis.set_xlabel("step")
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path)
-    plt.close(figure)
-    return True
+def states_table(runs: list, base: dict) -> str:
+    """How each model writes, mean over seeds: the share of its greedy GSM8K solutions with the dataset's markers
+    (`<<` or `####`), the share of its wrong answers that state a false equation (a slip of arithmetic rather
+    than of method), and the loss per token (nats) of the gold solutions and of the base's own samples at
+    temperature 1 (drift.json: how familiar the dataset's states and the base's states are to the model)."""
+    lines = ["| model | solutions in the gold style | wrong answers with a false equation | gold solutions' loss "
+             "| the base's samples' loss |", "|---|---|---|---|---|"]
+    first_losses = next((run["losses"] for run in runs if run.get("losses")), None)
+    for name, group in groups(runs).items():
+        measured = [style_and_slips(run) for run in group]
+        cells = [mean_and_spread([m[index] for m in measured], 3) for index in (0, 1)]
+        if name == base["name"] and first_losses:  # the base's losses sit in every run's drift.json
+            cells += [f"{first_losses[kind]['base']:.3f}" for kind in ("gold", "base_samples")]
+        else:
+            losses = [run["losses"] for run in group if run.get("losses")]
+            cells += [mean_and_spread([l[kind]["model"] for l in losses], 3) for kind in ("gold", "base_samples")]
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def parse_args(argv=None):
@@ -487,17 +415,6 @@ def check_outputs(out: Path, folders: list):
             raise ReportError(f"{plot} exists and was not written by this tool: choose another --out folder")
 
 
-def save_figure(figure, path: Path):
-    """A plot written whole (to a temporary file, then renamed), marked as this tool's."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        figure.savefig(temporary, dpi=120, metadata={"Software": "python -m evals.report"})
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise CheckpointError(write_failure(path, error)) from None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -525,6 +442,7 @@ def main(argv=None) -> int:
 
 def report_lines(runs: list, base: dict, out: Path) -> list:
     """The report's Markdown lines; its plots are written beside `out` on the way."""
+    from evals import figures  # matplotlib, imported only when a report is written
     protocol = base["protocol"]
     lines = ["# Post-training is about states: our runs and the paper's findings", "", summary_table(runs, base), "",
              "Each cell: the mean ± the standard deviation over seeds (one seed: its value); (se ...) is the mean of "
@@ -540,7 +458,7 @@ def report_lines(runs: list, base: dict, out: Path) -> list:
         lines += ["", "## Change from the base, ours beside the paper's", "", changes, "",
                   "Two bases' absolute scores do not compare; the direction of each change does. The last column "
                   "counts the benchmarks whose change has the paper's sign.", ""]
-        if plot_benchmarks(runs, base, out.parent / "benchmarks.png"):
+        if figures.plot_changes(changes_by_run(runs, base), out.parent / "benchmarks.png"):
             lines.append("![change from the base](benchmarks.png)")
     lines += ["", "## Findings", "", "By the rules in evals/findings.py, fixed before the runs.", "",
               *findings_section(runs, base)]
@@ -549,19 +467,24 @@ def report_lines(runs: list, base: dict, out: Path) -> list:
         lines += ["", "## The states each model reaches", "",
                   "The greedy GSM8K solution of fixed test items by the base and by each run's first seed.", "",
                   *states]
-    losses = losses_table(runs)
-    if losses:
-        lines += ["", "## How familiar the gold solutions and the base's own samples are", "", losses, "",
-                  "Loss per token (nats) under each model, mean over seeds, on the drift's prompts (evals/drift.py)."]
+    states_measures = states_table(runs, base)
+    if states_measures:
+        lines += ["", "## How each model writes", "", states_measures, "",
+                  "Mean over seeds. The gold style: a calculator annotation `<<...>>` or a `#### N` line, the "
+                  "dataset's markers. A false equation: `a op b = c` with a wrong c. Losses: nats per token under "
+                  "each model, of the gold solutions and of the base's own samples at temperature 1, on the drift's "
+                  "prompts."]
     points = drift_and_forgetting(runs, base)
     if len(points) >= 3:
+        correlations = tuple(spearman([p[index] for p in points], [p[3] for p in points]) for index in (1, 2))
         lines += ["", "## Which drift predicts forgetting", "",
                   f"Spearman's rank correlation with forgetting over {len(points)} runs: MMD drift "
-                  f"{spearman([p[1] for p in points], [p[3] for p in points]):.2f}, forward KL "
-                  f"{spearman([p[2] for p in points], [p[3] for p in points]):.2f}.", "",
+                  f"{correlations[0]:.2f}, forward KL {correlations[1]:.2f}.", "",
                   "![drift and forgetting](drift_vs_forgetting.png)"]
-        plot_drift_and_forgetting(points, out.parent / "drift_vs_forgetting.png")
-    if plot_training_curves(runs, out.parent / "training_curves.png"):
+        figures.plot_drift_and_forgetting([(paper_name(p[0]), *p[1:]) for p in points], correlations,
+                                          out.parent / "drift_vs_forgetting.png")
+    if figures.plot_training_curves([(run["name"], run["metrics"]) for run in runs if run["metrics"]],
+                                    out.parent / "training_curves.png"):
         lines += ["", "![training curves](training_curves.png)"]
     lines += ["", "## Appendix: every run and seed", "", seed_table(runs, base), "", "Scores ± one standard error.",
               "", "## Appendix: the paper's Table 2", "", paper_table()]

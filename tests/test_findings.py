@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evals import findings, report
+from evals import findings, gsm8k, report
 
 
 @pytest.mark.parametrize("freedom, table", [(10, 2.228), (30, 2.042), (99, 1.984), (699, 1.963)])
@@ -27,6 +27,15 @@ def test_paired_gain_by_hand():
     # the interval lies above 0, but one seed's own gain is negative: not shown
     mixed = findings.paired_gain(base, [[1] * 70 + [0] * 30, [1] * 70 + [0] * 30, [1] * 49 + [0] * 51])
     assert mixed["interval"][0] > 0 and min(mixed["seeds"]) < 0 and mixed["status"] == "open"
+
+
+def test_false_equations_and_the_gold_style():
+    assert not gsm8k.false_equation("5 * 4 = <<5*4=20>>20 apples. 77 / 7 = 11. 12 - 5 = 7.")
+    for slip in ("5 * 4 = <<5*4=20>>21", "161 - 84 = 87.", "98 / 8 = 12", "then 6 + 7 = 14 and 2 * 3 = 6"):
+        assert gsm8k.false_equation(slip), slip
+    for unread in ("3.5 + 2 = 5.5", "1,200 - 200 = 900", "x = 5", "10 - 4 = -6"):  # not whole-number equations
+        assert not gsm8k.false_equation(unread), unread
+    assert gsm8k.gold_style("2 + 2 = <<2+2=4>>4") and gsm8k.gold_style("#### 4") and not gsm8k.gold_style("2 + 2 = 4.")
 
 
 def gain(status):
@@ -111,7 +120,11 @@ def test_the_report_decides_the_findings_and_shows_the_states(tmp_path):
     assert "Question: What is 1 + 1? Answer: 2" in text
     assert "**sft_stress** (wrong):" in text and "sft_stress says 0 + 0 = -1" in text
     assert "**sft_stress_seed1**" not in text and "sft_stress_seed1 says" not in text
-    assert "| base | 1.250 | 0.250 |" in text and "| sft_mild | 0.500 ± 0.000 | 0.375 ± 0.000 |" in text
+    # how each model writes: no gold markers; every wrong answer states a false equation but sft_stress's item 0
+    # ("0 + 0 = -1" is no `a op b = c` of whole numbers): 89 of 90
+    assert "| base | 0.000 | 1.000 | 1.250 | 0.250 |" in text
+    assert "| sft_mild | 0.000 ± 0.000 | 1.000 ± 0.000 | 0.500 ± 0.000 | 0.375 ± 0.000 |" in text
+    assert "| sft_stress | 0.000 ± 0.000 | 0.989 ± 0.000 |" in text
     assert text.index("## Findings") < text.index("## Appendix: every run and seed") < text.index("| sft_stress_seed2 |")
     assert (tmp_path / "out" / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,0 +1,109 @@
+"""
+The report's figures (python -m evals.report): each run's change from the base beside the paper's, forgetting
+against both drift measures on log axes, and the training curves. Each is written whole and marked as the
+report's, so that a rerun knows its own plots.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+from infrastructure.checkpoint import CheckpointError, write_failure
+
+
+def plot_changes(changes: dict, path: Path) -> bool:
+    """changes: {run: {benchmark: (the seeds' changes from the base, the paper's change or None)}}. Ours as bars
+    (mean over seeds ± their standard deviation), the paper's change from its base as black diamonds."""
+    if not changes:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names, labels = list(changes), list(next(iter(changes.values())))
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(names)), 4.5))
+    width = 0.8 / len(labels)
+    for k, label in enumerate(labels):
+        xs = [i + (k - (len(labels) - 1) / 2) * width for i in range(len(names))]
+        ours = [changes[name][label][0] for name in names]
+        axis.bar(xs, [np.mean(c) if c else 0 for c in ours], width, capsize=3, label=label,
+                 yerr=[np.std(c, ddof=1) if len(c) > 1 else 0 for c in ours])
+        paper = [(x, changes[name][label][1]) for x, name in zip(xs, names)]
+        axis.scatter([x for x, v in paper if v is not None], [v for _, v in paper if v is not None], marker="D",
+                     color="black", zorder=3, label="the paper's change" if k == 0 else None)
+    axis.axhline(0, color="grey", linewidth=0.5)
+    axis.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    axis.set_ylabel("change from the base")
+    axis.set_title("Change from the base: ours (bars, mean ± sd over seeds) and the paper's (diamonds)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+def plot_drift_and_forgetting(points: list, correlations: tuple, path: Path) -> bool:
+    """points: (run without its seed, MMD, forward KL per token, forgetting), one per run and seed; correlations:
+    Spearman's rank correlation of forgetting with each measure. Forgetting against each drift measure on a log
+    axis (the runs span orders of magnitude), each run in its colour; a forward KL estimate at or below 0 sits on
+    the linear part near 0."""
+    if len(points) < 3:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    names = list(dict.fromkeys(name for name, *_ in points))
+    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    for axis, index, label, rho in ((axes[0], 1, "MMD drift (lexical prefix states)", correlations[0]),
+                                    (axes[1], 2, "forward KL(base || post) per token (nats)", correlations[1])):
+        for name in names:
+            mine = [point for point in points if point[0] == name]
+            axis.scatter([p[index] for p in mine], [p[3] for p in mine], color=colours[name], label=name)
+        positive = [p[index] for p in points if p[index] > 0]
+        axis.set_xscale("symlog", linthresh=min(positive) if positive else 1e-6)
+        axis.set_title(f"Spearman rank correlation {rho:.2f} ({len(points)} runs)")
+        axis.set_xlabel(label + ", log scale")
+        axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
+        axis.axhline(0, color="grey", linewidth=0.5)
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+def plot_training_curves(curves: list, path: Path) -> bool:
+    """curves: (run, its metrics.jsonl records); the logged losses, reward, KL and held-out accuracy by step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not curves:
+        return False
+    columns = min(3, len(curves))
+    rows = -(-len(curves) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(curves):]:
+        axis.set_visible(False)
+    for axis, (name, records) in zip(axes.flat, curves):
+        for metric in ("loss", "heldout_loss", "reward", "teacher_kl", "heldout_accuracy"):
+            points = [(r["step"], r[metric]) for r in records if metric in r]
+            if points:
+                axis.plot(*zip(*points), marker="." if len(points) < 30 else None, label=metric)
+        axis.set_title(name)
+        axis.set_xlabel("step")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+def save_figure(figure, path: Path):
+    """A plot written whole (to a temporary file, then renamed), marked as this tool's."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        figure.savefig(temporary, dpi=120, metadata={"Software": "python -m evals.report"})
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(write_failure(path, error)) from None
