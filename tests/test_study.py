@@ -99,6 +99,7 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
     assert set(drift_result["distances"]) == {"mmd2", "centroid", "sliced_wasserstein", "jaccard", "forward_kl",
                                               "forward_kl_per_token"}
     assert set(drift_result["losses"]) == {"gold", "base_samples"}
+    assert "prefix states, fewer than 250" in drift_result["warning"]  # 8 prompts x 4 cuts at most: below the floor
     outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     second = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert second.returncode == 0 and "$ python" not in second.stdout  # no stage ran again
@@ -163,6 +164,7 @@ def test_drift_draws_the_two_models_independently(tmp_path, tiny_checkpoint):
     assert result["protocol"]["seeds"] == {"base": 0, "model": 1}
     assert result["protocol"]["dtypes"] == {"base": "float32", "model": "float32"}
     assert result["distances"]["mmd2"] > 0 and result["distances"]["jaccard"] > 0
+    assert result["warning"].startswith(f"{min(result['protocol']['states'])} prefix states, fewer than 250")
 
 
 def test_report_with_a_base_score_of_zero(tmp_path, capsys):
