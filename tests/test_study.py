@@ -259,7 +259,7 @@ def test_report_over_seeds_and_the_drift_forgetting_correlation(tmp_path):
     assert "| rl | 3 |" in text and "0.1900 ± 0.0100" in text
     # forgetting ranks rl seeds 0, 1, 2 then stress seeds 2, 1, 0; the MMD ranks them exactly the other way (-1);
     # the forward KL ranks rl 0, 1, 2, stress 0, 1, 2: rank differences 0, 0, 0, 2, 0, 2 give 1 - 6 * 8 / 210
-    assert "MMD drift -1.00, forward KL 0.77" in text
+    assert "MMD drift -1.00 over 6 runs, forward KL 0.77 over 6 runs" in text
     assert (tmp_path / "drift_vs_forgetting.png").read_bytes()[:4] == b"\x89PNG"
 
 
