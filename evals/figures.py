@@ -42,10 +42,10 @@ def plot_changes(changes: dict, path: Path) -> bool:
 
 
 def plot_drift_and_forgetting(points: list, correlations: tuple, path: Path) -> bool:
-    """points: (run without its seed, MMD, forward KL per token, forgetting), one per run and seed; correlations:
-    Spearman's rank correlation of forgetting with each measure. Forgetting against each drift measure on a log
-    axis (the runs span orders of magnitude), each run in its colour; a forward KL estimate at or below 0 sits on
-    the linear part near 0."""
+    """points: (run without its seed, MMD, forward KL per token or None, forgetting), one per run and seed;
+    correlations: Spearman's rank correlation of forgetting with each measure. Forgetting against each drift
+    measure on a log axis (the runs span orders of magnitude), each run in its colour; a forward KL estimate at
+    or below 0 sits on the linear part near 0."""
     if len(points) < 3:
         return False
     import matplotlib
@@ -57,9 +57,9 @@ def plot_drift_and_forgetting(points: list, correlations: tuple, path: Path) -> 
     for axis, index, label, rho in ((axes[0], 1, "MMD drift (lexical prefix states)", correlations[0]),
                                     (axes[1], 2, "forward KL(base || post) per token (nats)", correlations[1])):
         for name in names:
-            mine = [point for point in points if point[0] == name]
+            mine = [point for point in points if point[0] == name and point[index] is not None]
             axis.scatter([p[index] for p in mine], [p[3] for p in mine], color=colours[name], label=name)
-        positive = [p[index] for p in points if p[index] > 0]
+        positive = [p[index] for p in points if p[index] is not None and p[index] > 0]
         axis.set_xscale("symlog", linthresh=min(positive) if positive else 1e-6)
         axis.set_title(f"Spearman rank correlation {rho:.2f} ({len(points)} runs)")
         axis.set_xlabel(label + ", log scale")

@@ -24,9 +24,15 @@ import numpy as np
 MILD_FORGETTING, STRESS_FORGETTING, STRESS_OVER_MILD, RL_RETENTION = 0.02, 0.05, 3.0, 0.98
 
 
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)  # 1-9 degrees of freedom, from tables
+
+
 def t_quantile(probability: float, freedom: int) -> float:
     """Student's t quantile by the Cornish-Fisher expansion around the normal's (Abramowitz & Stegun 26.7.5):
-    within 0.001 of the exact value from 10 degrees of freedom on, the item counts a study has."""
+    within 0.001 of the exact value from 10 degrees of freedom on, the item counts a study has; below 10, the
+    expansion is too small, so the 97.5% quantile comes from the table."""
+    if freedom < 10 and probability == 0.975:
+        return T_975[freedom - 1]
     z = NormalDist().inv_cdf(probability)
     v = float(freedom)
     return (z + (z ** 3 + z) / (4 * v) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * v ** 2)
@@ -76,6 +82,8 @@ def mild_sft(gain: dict, mild_forgetting: list, stress_forgetting: list) -> tupl
 
 def opd_beats_teacher(students: list, teachers: list, tasks: list) -> tuple:
     """Finding 2. students, teachers: per seed, {task: score}, the teacher of seed s at index s."""
+    if not students or len(students) != len(teachers):
+        raise ValueError("one teacher per student seed, and at least one seed")
     wins = [all(student[task] > teacher[task] for task in tasks) for student, teacher in zip(students, teachers)]
     means = {task: (np.mean([s[task] for s in students]), np.mean([t[task] for t in teachers])) for task in tasks}
     below = [task for task, (student, teacher) in means.items() if student <= teacher]

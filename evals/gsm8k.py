@@ -123,7 +123,9 @@ def grade(completion: str, reference: str) -> dict:
 # What a solution looks like: the dataset's style, and slips of arithmetic (the report's state measures)
 
 CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotation: "5 * 4 = <<5*4=20>>20"
-EQUATION = re.compile(r"(?<![\d.,])(\d+) ?([-+*/×]) ?(\d+) ?= ?(\d+)(?![\d,]|\.\d)")  # whole numbers only
+# `a op b = c` of whole numbers, standing alone: not the tail of a chain (`2 + 3 + 4 = 9`), not a percentage
+EQUATION = re.compile(r"(?<![\d.,])(?<![-+*/×])(?<![-+*/×] )(\d+) ?([-+*/×]) ?(\d+) ?= ?(\d+)"
+                      r"(?![\d,%]|\.\d| percent)")
 
 
 def gold_style(completion: str) -> bool:
@@ -133,7 +135,8 @@ def gold_style(completion: str) -> bool:
 
 def false_equation(completion: str) -> bool:
     """Whether a completion states `a op b = c` with a false c (a slip of arithmetic, not of method); division
-    must be exact. Calculator annotations are read as the equation they annotate."""
+    must be exact. Calculator annotations are read as the equation they annotate; chains of several operations
+    are not read (their precedence is the writer's)."""
     for left, operator, right, result in EQUATION.findall(CALCULATOR.sub("", completion)):
         a, b, c = int(left), int(right), int(result)
         true = {"+": a + b, "-": a - b, "*": a * b, "×": a * b}.get(operator)

@@ -94,11 +94,15 @@ def read_run(folder: Path) -> dict:
         if not isinstance(drift, dict) or not isinstance(drift.get("mmd2"), (int, float)):
             raise ReportError(f"{drift_file}: not a results file of python -m evals.drift (distances.mmd2 expected)")
         losses = content.get("losses")  # older drift files have none
+        if losses is not None and not (isinstance(losses, dict) and all(
+                isinstance(pair, dict) and set(pair) == {"base", "model"} for pair in losses.values())):
+            raise ReportError(f"{drift_file}: its losses are not python -m evals.drift's (base and model per kind)")
         numbers = list(drift.values()) + [v for pair in (losses or {}).values() for v in pair.values()]
         if not all(math.isfinite(value) for value in numbers if isinstance(value, (int, float))):
             raise ReportError(f"{drift_file}: a distance or a loss is not a finite number")
     return {"name": folder.name, "model": evaluation["model"], "protocol": evaluation["protocol"], "scores": scores,
-            "items": items, "drift": drift, "losses": losses, "metrics": read_metrics(evaluation["model"])}
+            "items": items, "drift": drift, "losses": losses, "metrics": read_metrics(evaluation["model"]),
+            "drift_warning": content.get("warning") if drift_file.exists() else None}
 
 
 def read_metrics(model: str) -> list:
@@ -196,7 +200,8 @@ def change_table(runs: list, base: dict) -> str:
         rows = [measures(run, base) for run in group]
         for column, index in (("forgetting", 5), ("retention", 6)):
             paper = PAPER.get(name)
-            cells += [mean_and_spread([row[column] for row in rows], 4), "-" if paper is None else f"{paper[index]:.4f}"]
+            cells += [mean_and_spread([row[column] for row in rows], 4),
+                      "-" if paper is None else f"{paper[index]:.4f}"]
         cells.append(f"{agree} of {compared}" if compared else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -242,7 +247,7 @@ def spearman(x, y) -> float:
 
 
 def drift_and_forgetting(runs: list, base: dict) -> list:
-    """(run, MMD, forward KL per token, forgetting) of every run with a drift and a forgetting."""
+    """(run, MMD, forward KL per token or None, forgetting) of every run with a drift and a forgetting."""
     rows = [(run["name"], measures(run, base)) for run in runs if run is not base]
     return [(name, row["mmd"], row["forward_kl"], row["forgetting"]) for name, row in rows
             if row["mmd"] is not None and row["forgetting"] is not None]
@@ -295,8 +300,10 @@ def decide_finding(number: int, grouped: dict, base: dict) -> tuple:
                                  per_seed("sft_stress", "forgetting"))
     if number == 3:
         return findings.rl_improves(gain_over_base(grouped["rl"], base), per_seed("rl", "retention"))
-    teachers = {run["name"].removeprefix("sft_stress"): run for run in grouped["sft_stress"]}  # by seed suffix
-    pairs = [(run, teachers.get(run["name"].removeprefix("opd_sft_stress"))) for run in grouped["opd_sft_stress"]]
+    def seed(run):  # "" for the first seed, "_seed1" for the next
+        return re.search(r"(_seed\d+)?$", run["name"]).group()
+    teachers = {seed(run): run for run in grouped["sft_stress"]}
+    pairs = [(run, teachers.get(seed(run))) for run in grouped["opd_sft_stress"]]
     if any(teacher is None for _, teacher in pairs):
         raise Undecided("a student without the stress SFT run of its seed")
     tasks = [task for task, _, _ in BENCHMARKS]
@@ -476,10 +483,15 @@ def report_lines(runs: list, base: dict, out: Path) -> list:
                   "prompts."]
     points = drift_and_forgetting(runs, base)
     if len(points) >= 3:
-        correlations = tuple(spearman([p[index] for p in points], [p[3] for p in points]) for index in (1, 2))
+        measured = [[p for p in points if p[index] is not None] for index in (1, 2)]  # older files lack the KL
+        correlations = tuple(spearman([p[index] for p in mine], [p[3] for p in mine]) if len(mine) > 2 else
+                             float("nan") for index, mine in zip((1, 2), measured))
+        few = [run["name"] for run in runs if run.get("drift_warning")]
         lines += ["", "## Which drift predicts forgetting", "",
-                  f"Spearman's rank correlation with forgetting over {len(points)} runs: MMD drift "
-                  f"{correlations[0]:.2f}, forward KL {correlations[1]:.2f}.", "",
+                  f"Spearman's rank correlation with forgetting: MMD drift {correlations[0]:.2f} over "
+                  f"{len(measured[0])} runs, forward KL {correlations[1]:.2f} over {len(measured[1])} runs.", "",
+                  *([f"The drift of {len(few)} runs ({', '.join(few)}) has fewer prefix states than evals/drift.py's "
+                     "minimum: their MMD cannot be told from the noise floor.", ""] if few else []),
                   "![drift and forgetting](drift_vs_forgetting.png)"]
         figures.plot_drift_and_forgetting([(paper_name(p[0]), *p[1:]) for p in points], correlations,
                                           out.parent / "drift_vs_forgetting.png")

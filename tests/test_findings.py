@@ -7,7 +7,8 @@ import pytest
 from evals import findings, gsm8k, report
 
 
-@pytest.mark.parametrize("freedom, table", [(10, 2.228), (30, 2.042), (99, 1.984), (699, 1.963)])
+@pytest.mark.parametrize("freedom, table", [(1, 12.706), (3, 3.182), (9, 2.262), (10, 2.228), (30, 2.042),
+                                            (99, 1.984), (699, 1.963)])
 def test_t_quantile_matches_the_table(freedom, table):
     assert findings.t_quantile(0.975, freedom) == pytest.approx(table, abs=1e-3)
 
@@ -33,7 +34,9 @@ def test_false_equations_and_the_gold_style():
     assert not gsm8k.false_equation("5 * 4 = <<5*4=20>>20 apples. 77 / 7 = 11. 12 - 5 = 7.")
     for slip in ("5 * 4 = <<5*4=20>>21", "161 - 84 = 87.", "98 / 8 = 12", "then 6 + 7 = 14 and 2 * 3 = 6"):
         assert gsm8k.false_equation(slip), slip
-    for unread in ("3.5 + 2 = 5.5", "1,200 - 200 = 900", "x = 5", "10 - 4 = -6"):  # not whole-number equations
+    for unread in ("3.5 + 2 = 5.5", "1,200 - 200 = 900", "x = 5", "10 - 4 = -6",  # not whole-number equations
+                   "2 + 3 + 4 = 9", "10 - 2 - 3 = 5", "3 * 4 + 2 = <<3*4+2=14>>14", "50 * 2 / 4 = 25",  # chains
+                   "1/2 * 20 = 10", "1/2 = 50%", "3/4 = 75 percent"):
         assert not gsm8k.false_equation(unread), unread
     assert gsm8k.gold_style("2 + 2 = <<2+2=4>>4") and gsm8k.gold_style("#### 4") and not gsm8k.gold_style("2 + 2 = 4.")
 

@@ -99,6 +99,7 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path):
     assert set(drift_result["distances"]) == {"mmd2", "centroid", "sliced_wasserstein", "jaccard", "forward_kl",
                                               "forward_kl_per_token"}
     assert set(drift_result["losses"]) == {"gold", "base_samples"}
+    assert "prefix states, fewer than 250" in drift_result["warning"]  # 8 prompts x 4 cuts at most: below the floor
     outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     second = run_study("--tiny", "--ckpt-dir", ckpt, "--results-dir", results)
     assert second.returncode == 0 and "$ python" not in second.stdout  # no stage ran again
@@ -163,6 +164,7 @@ def test_drift_draws_the_two_models_independently(tmp_path, tiny_checkpoint):
     assert result["protocol"]["seeds"] == {"base": 0, "model": 1}
     assert result["protocol"]["dtypes"] == {"base": "float32", "model": "float32"}
     assert result["distances"]["mmd2"] > 0 and result["distances"]["jaccard"] > 0
+    assert result["warning"].startswith(f"{min(result['protocol']['states'])} prefix states, fewer than 250")
 
 
 def test_report_with_a_base_score_of_zero(tmp_path, capsys):
@@ -257,7 +259,7 @@ def test_report_over_seeds_and_the_drift_forgetting_correlation(tmp_path):
     assert "| rl | 3 |" in text and "0.1900 ± 0.0100" in text
     # forgetting ranks rl seeds 0, 1, 2 then stress seeds 2, 1, 0; the MMD ranks them exactly the other way (-1);
     # the forward KL ranks rl 0, 1, 2, stress 0, 1, 2: rank differences 0, 0, 0, 2, 0, 2 give 1 - 6 * 8 / 210
-    assert "MMD drift -1.00, forward KL 0.77" in text
+    assert "MMD drift -1.00 over 6 runs, forward KL 0.77 over 6 runs" in text
     assert (tmp_path / "drift_vs_forgetting.png").read_bytes()[:4] == b"\x89PNG"
 
 
