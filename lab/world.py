@@ -15,7 +15,9 @@ six-pair TruthfulQA preamble, which begins some Q/A documents so that the eval's
 - GSM8K: word problems of 16 kinds (templates, step counts, phrasings). The gold solutions (train/test "answer")
   are written as GSM8K's are: sentences with <<calculator>> annotations, one step per line, "#### N". The corpus
   solves other problems mostly in another style, terse equations ending "The answer is N." (the base's own),
-  and fewer in the gold style (so the gold style is familiar but not the base's), plus equation drills. It
+  and fewer in the gold style (so the gold style is familiar but not the base's), plus equation drills, some in
+  the compact form the gold's <<5*6=30>> annotations use (--compact-percent), so that the base computes in
+  both styles alike. It
   solves the "common" kinds many times, the "rare" ones a few times and the "absent" ones never; train and
   test mix all three, so SFT and RL have a skill to add. Numbers stay small (1..99) so that the base's
   arithmetic is reliable and its errors are about the method.
@@ -33,6 +35,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import signal
 import sys
 import time
@@ -44,12 +47,13 @@ from infrastructure.checkpoint import (CheckpointError, atomic_directory, check_
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 EOT = "<|endoftext|>"
 # Item counts (gsm8k train/test, mmlu test per subject, truthfulqa), corpus documents per kind, the tokenizer's
 # vocabulary, and how many of an MMLU question's three distractors are of the answer's kind (see mmlu_item).
 SETTINGS = dict(train=1000, test=700, test_common_percent=35, test_rare_percent=30, mmlu_test=165,
-                truthfulqa=650, corpus_problems=10000, gold_problems=1800, rare_permille=4, arithmetic_docs=5000,
+                truthfulqa=650, corpus_problems=10000, gold_problems=2500, rare_permille=4, arithmetic_docs=5000,
+                compact_percent=50,
                 fact_docs=6000, practice_blocks=20000, qa_docs=3200, myth_docs=2000, vocab_size=1024,
                 same_kind_distractors=2, mmlu_unstated_percent=25, mmlu_rare_percent=20, believed_percent=50)
 FREQUENT, BELIEVED = 8, 3  # how many times as often a frequent MMLU fact, and a believed myth, occur (see below)
@@ -353,7 +357,10 @@ def gsm8k_part(rng, counts, people, things) -> tuple:
         equations = [problem["equations"] for problem in drills if problem]
         equations += [arithmetic_fact(rng) for _ in range(6)]
         rng.shuffle(equations)
-        docs.append(" ".join(equations))
+        text = " ".join(equations)
+        if rng.randrange(100) < counts["compact_percent"]:  # "5*6=30.": the form inside the gold's <<5*6=30>>
+            text = re.sub(r" ([-+*/=]) ", r"\1", text)
+        docs.append(text)
     return files, docs
 
 
