@@ -35,7 +35,10 @@ from tqdm import tqdm  # noqa: E402
 
 from infrastructure.checkpoint import CheckpointError, load_tokenizer, write_failure  # noqa: E402
 from infrastructure.distributed import gather, shard  # noqa: E402
-from model import token_logprobs  # noqa: E402
+from model import KVCache, token_logprobs  # noqa: E402
+
+
+SHARED_MINIMUM = 32  # common first tokens worth a forward of their own (see forward_after_prefix)
 
 
 class DataError(ValueError):
@@ -138,7 +141,8 @@ def continuation_logprobs(model, requests: list, batch_size: int = 16) -> list:
 
     Returns, per request, the list of log p(continuation token | everything before it). Requests whose
     model input (context + continuation[:-1]) is the same share one forward: the four one-token answers
-    of an MMLU question cost one forward of the question.
+    of an MMLU question cost one forward of the question. The first tokens that all of a batch's inputs
+    share (TruthfulQA's preamble) run once for the batch (forward_after_prefix).
     """
     context = model.config.max_position_embeddings
     device = model.model.embed_tokens.weight.device
@@ -161,13 +165,15 @@ def continuation_logprobs(model, requests: list, batch_size: int = 16) -> list:
         batch = order[start:start + batch_size]
         T = max(len(inputs[r]) for r in batch)
         ids = torch.tensor([list(inputs[r]) + [0] * (T - len(inputs[r])) for r in batch], device=device)
-        hidden = model(ids, return_hidden=True)  # (b, T, H); right padding does not reach earlier tokens
         picks = [(j, index) for j, r in enumerate(batch) for index in by_row[r]]
+        # the rows' common first tokens (TruthfulQA's preamble), up to the first position a target is read at
+        shared = shared_prefix([inputs[r] for r in batch], min(targets[index][1] for _, index in picks))
+        hidden = forward_after_prefix(model, ids, shared)  # (b, T - shared, H): positions shared..T-1
         batch_rows, positions, wanted = [], [], []
         for j, index in picks:
             _, first, continuation = targets[index]
             batch_rows += [j] * len(continuation)
-            positions += range(first, first + len(continuation))
+            positions += range(first - shared, first - shared + len(continuation))
             wanted += continuation
         values = token_logprobs(model, hidden[batch_rows, positions], torch.tensor(wanted, device=device))
         if not torch.isfinite(values).all():  # NaN would win every argmax comparison as the first choice
@@ -178,6 +184,32 @@ def continuation_logprobs(model, requests: list, batch_size: int = 16) -> list:
             count = len(targets[index][2])
             results[index], offset = values[offset:offset + count], offset + count
     return results
+
+
+def shared_prefix(rows: list, limit: int) -> int:
+    """How many first tokens all `rows` share, at most `limit`; 0 when under SHARED_MINIMUM (not worth a call)."""
+    length = 0
+    while length < limit and all(len(row) > length and row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length if length >= SHARED_MINIMUM and len(rows) > 1 else 0
+
+
+def forward_after_prefix(model, ids, shared: int):
+    """Final hidden states of ids (b, T) at positions shared..T-1: (b, T - shared, H). The first `shared` tokens,
+    the same in every row, run once (one row) into a KV cache that the b rows then read: TruthfulQA's 230-token
+    preamble costs one forward per batch instead of one per choice."""
+    if shared == 0:
+        return model(ids, return_hidden=True)  # right padding does not reach earlier tokens
+    b, T = ids.shape
+    slots = torch.arange(T, device=ids.device)
+    causal = slots[None, :] <= slots[:, None]  # (T, T): a position sees itself and what comes before
+    cache = KVCache.allocate(model, 1, T)
+    model(ids[:1, :shared], mask=causal[None, None, :shared, :shared], cache=cache, slots=slots[:shared],
+          return_hidden=True)
+    cache = KVCache([k.repeat(b, 1, 1, 1) for k in cache.keys], [v.repeat(b, 1, 1, 1) for v in cache.values])
+    positions = slots[shared:].expand(b, -1)  # (b, T - shared)
+    return model(ids[:, shared:], positions=positions, mask=causal[None, None, shared:], cache=cache,
+                 slots=slots[shared:], return_hidden=True)
 
 
 def run_batches(task: str, lengths: list, batch_size: int, run_batch, progress: bool) -> tuple:

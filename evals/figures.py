@@ -16,9 +16,7 @@ def plot_changes(changes: dict, path: Path) -> bool:
     (mean over seeds ± their standard deviation), the paper's change from its base as black diamonds."""
     if not changes:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     names, labels = list(changes), list(next(iter(changes.values())))
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(names)), 4.5))
     width = 0.8 / len(labels)
@@ -35,9 +33,7 @@ def plot_changes(changes: dict, path: Path) -> bool:
     axis.set_ylabel("change from the base")
     axis.set_title("Change from the base: ours (bars, mean ± sd over seeds) and the paper's (diamonds)")
     axis.legend(fontsize=8)
-    figure.tight_layout()
     save_figure(figure, path)
-    plt.close(figure)
     return True
 
 
@@ -48,9 +44,7 @@ def plot_drift_and_forgetting(points: list, correlations: tuple, path: Path) -> 
     or below 0 sits on the linear part near 0."""
     if len(points) < 3:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     names = list(dict.fromkeys(name for name, *_ in points))
     colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
@@ -66,17 +60,13 @@ def plot_drift_and_forgetting(points: list, correlations: tuple, path: Path) -> 
         axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
         axis.axhline(0, color="grey", linewidth=0.5)
     axes[1].legend(fontsize=8)
-    figure.tight_layout()
     save_figure(figure, path)
-    plt.close(figure)
     return True
 
 
 def plot_training_curves(curves: list, path: Path) -> bool:
     """curves: (run, its metrics.jsonl records); the logged losses, reward, KL and held-out accuracy by step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     if not curves:
         return False
     columns = min(3, len(curves))
@@ -92,18 +82,27 @@ def plot_training_curves(curves: list, path: Path) -> bool:
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.legend(fontsize=8)
-    figure.tight_layout()
     save_figure(figure, path)
-    plt.close(figure)
     return True
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (imported when a report is written, not when evals load)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(figure, path: Path):
-    """A plot written whole (to a temporary file, then renamed), marked as this tool's."""
+    """A plot laid out, written whole (to a temporary file, then renamed), marked as this tool's, and closed."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    figure.tight_layout()
     try:
         figure.savefig(temporary, dpi=120, metadata={"Software": "python -m evals.report"})
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise CheckpointError(write_failure(path, error)) from None
+    finally:
+        pyplot().close(figure)

@@ -315,10 +315,10 @@ def decide_finding(number: int, grouped: dict, base: dict) -> tuple:
 
 def findings_section(runs: list, base: dict) -> list:
     """The paper's three findings, each 'reproduced', 'not reproduced' or 'inconclusive' with its numbers."""
-    lines = []
+    lines, grouped = [], groups(runs)
     for number, (title, _) in enumerate(FINDINGS, start=1):
         try:
-            verdict, numbers = decide_finding(number, groups(runs), base)
+            verdict, numbers = decide_finding(number, grouped, base)
             lines.append(f"{number}. {title}: **{verdict}**. {numbers}.")
         except Undecided as reason:
             lines.append(f"{number}. {title}: **not decided** ({reason}).")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import evals
 from evals import DataError, binomial_stderr, bootstrap_stderr, encode_pairs, gsm8k, mmlu, truthfulqa
 from evals.__main__ import main
 from infrastructure.checkpoint import load_tokenizer
@@ -199,7 +200,8 @@ def test_mmlu_one_forward_per_question(tiny_checkpoint):
         return forward(input_ids, *args, **kwargs)
     model.forward = counting_forward
     result = mmlu.evaluate(model, tokenizer, test, dev, shots=1, progress=False)
-    assert sum(rows) == 3  # three questions, one forward row each (4 letters share it)
+    # three questions, one forward row each (4 letters share it), after at most one row of their shared header
+    assert rows[-1] == 3 and sum(rows) <= 4
     model.forward = forward
 
     record = result["items"][2]
@@ -213,6 +215,30 @@ def test_mmlu_one_forward_per_question(tiny_checkpoint):
         assert value == pytest.approx(direct_loglikelihood(model, context_ids, continuation), abs=1e-4)
     assert record["prediction"] == "ABCD"[max(range(4), key=lambda i: record["loglikelihoods"][i])]
     assert result["summary"]["items"] == 3 and set(result["subjects"]) == {"astronomy", "botany"}
+
+
+def test_a_shared_prefix_runs_once_and_changes_no_loglikelihood(tiny_checkpoint):
+    """Rows that share their first 40 tokens (a preamble) run them once, in one row; every continuation's
+    log-likelihood is still the plain full forward's, including a request whose context ends inside the
+    others' shared tokens (the prefix stops before the first position a target is read at)."""
+    model = Qwen3.from_pretrained(tiny_checkpoint, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    preamble = torch.randint(1, 100, (40,), generator=generator).tolist()
+    requests = [(preamble + torch.randint(1, 100, (n,), generator=generator).tolist(),
+                 torch.randint(1, 100, (m,), generator=generator).tolist()) for n, m in ((3, 2), (7, 1), (1, 4))]
+    requests.append((preamble[:36], preamble[36:40]))  # its first target is read at position 35
+    calls, forward = [], model.forward
+
+    def counting_forward(input_ids, *args, **kwargs):
+        calls.append(tuple(input_ids.shape))
+        return forward(input_ids, *args, **kwargs)
+    model.forward = counting_forward
+    results = evals.continuation_logprobs(model, requests, batch_size=16)
+    model.forward = forward
+    assert calls[0] == (1, 35) and calls[1][0] == 4  # the shared 35 tokens once, then the rest of the 4 rows
+    for (context_ids, continuation), values in zip(requests, results):
+        assert sum(values) == pytest.approx(direct_loglikelihood(model, context_ids, continuation), abs=1e-4)
+    assert evals.shared_prefix([preamble, preamble[:20] + [0] * 30], limit=40) == 0  # 20 < SHARED_MINIMUM
 
 
 def test_truthfulqa_loglikelihoods(tiny_checkpoint):
