@@ -68,6 +68,21 @@ def test_corpus_solutions_are_in_the_base_style_and_fewer_in_the_gold_style(lab_
     assert len(terse) > 2 * len(gold)  # the base writes its own style; it has read the gold one
 
 
+def test_drills_come_in_the_spaced_and_the_compact_form_and_are_true():
+    """A drill is only equations; about --compact-percent of them in the compact form of the gold's <<5*6=30>>,
+    so that the base computes in the gold style as in its own; every drill equation holds."""
+    corpus = world.generate(0, {**world.SETTINGS, "arithmetic_docs": 400, "corpus_problems": 200,
+                                "gold_problems": 50, "fact_docs": 10, "practice_blocks": 10, "qa_docs": 10,
+                                "myth_docs": 10, "vocab_size": 300})["corpus.txt"]
+    equation = r"(\d+) ?([-+*/]) ?(\d+) ?= ?(\d+)\."
+    drills = [d for d in corpus.split(world.EOT) if re.fullmatch(rf"{equation}( {equation})*", d)]
+    compact = [d for d in drills if not re.search(r" [-+*/=] ", d)]
+    spaced = [d for d in drills if not re.search(r"\d[-+*/=]\d", d)]
+    assert len(compact) + len(spaced) == len(drills) == 400 and 140 < len(compact) < 260  # 50%, binomial noise
+    for a, operator, b, c in (m for d in drills for m in re.findall(equation, d)):
+        assert world.OPERATORS[operator](int(a), int(b)) == int(c) and (operator != "/" or int(a) % int(b) == 0)
+
+
 def test_gold_style_documents_never_hold_a_train_or_test_question(lab_world):
     questions = [item["question"] for split in ("train", "test") for item in gsm8k.load(split, lab_world)]
     gold = [document for document in problem_documents(lab_world) if "####" in document]
