@@ -13,7 +13,9 @@ pretraining text (corpus.txt: documents joined by <|endoftext|>), its tokenizer 
 world.json (the marker: format version, seed, settings, the tokenizers version, counts). No real benchmark text, except lm-eval's
 six-pair TruthfulQA preamble, which begins some Q/A documents so that the eval's prompt is familiar.
 - GSM8K: word problems of 16 kinds (templates, step counts, phrasings). The gold solutions (train/test "answer")
-  are written as GSM8K's are: sentences with <<calculator>> annotations, one step per line, "#### N". The corpus
+  are written in GSM8K's form: one step per line, a few words naming the step, then the equation with its
+  <<calculator>> annotation, and "#### N" (the words restate no name, thing or number: the small base copied
+  those wrongly, and the answer does not depend on them). The corpus
   solves other problems mostly in another style, terse equations ending "The answer is N." (the base's own),
   and fewer in the gold style (so the gold style is familiar but not the base's), plus equation drills, some in
   the compact form the gold's <<5*6=30>> annotations use (--compact-percent), so that the base computes in
@@ -47,7 +49,7 @@ from infrastructure.checkpoint import (CheckpointError, atomic_directory, check_
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 EOT = "<|endoftext|>"
 # Item counts (gsm8k train/test, mmlu test per subject, truthfulqa), corpus documents per kind, the tokenizer's
 # vocabulary, and how many of an MMLU question's three distractors are of the answer's kind (see mmlu_item).
@@ -81,84 +83,84 @@ KINDS = {
         "{A} has {a} {things}. {A} buys {b} more {things} and then gives {c} {things} to {B}. "
         "How many {things} does {A} have now?",
         lambda r: dict(a=r.randint(10, 60), b=r.randint(2, 39), c=r.randint(2, 39)),
-        [("a", "+", "b", "x", "After buying more, {A} has {eq} {things}."),
-         ("x", "-", "c", "y", "After giving {c} to {B}, {A} has {eq} {things} left.")]),
+        [("a", "+", "b", "x", "After buying more: {eq}."),
+         ("x", "-", "c", "y", "After giving some away: {eq}.")]),
     "boxes_give": ("common",
         "{A} buys {a} boxes of {things}. Each box holds {b} {things}. {A} gives away {c} {things}. "
         "How many {things} does {A} have left?",
         lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 11), c=r.randint(1, 30)),
-        [("a", "*", "b", "x", "The boxes hold {eq} {things}."), ("x", "-", "c", "y", "{A} has {eq} {things} left.")]),
+        [("a", "*", "b", "x", "The boxes hold {eq}."), ("x", "-", "c", "y", "Left after giving: {eq}.")]),
     "more_together": ("common",
         "{A} has {a} {things}. {B} has {b} more {things} than {A}. How many {things} do they have together?",
         lambda r: dict(a=r.randint(5, 45), b=r.randint(2, 30)),
-        [("a", "+", "b", "x", "{B} has {eq} {things}."), ("a", "+", "x", "y", "Together they have {eq} {things}.")]),
+        [("a", "+", "b", "x", "The second has {eq}."), ("a", "+", "x", "y", "Together: {eq}.")]),
     "daily_find": ("common",
         "{A} collects {a} {things} every day for {b} days and then finds {c} more. How many {things} does {A} have?",
         lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9), c=r.randint(2, 40)),
-        [("a", "*", "b", "x", "In {b} days {A} collects {eq} {things}."),
-         ("x", "+", "c", "y", "{A} has {eq} {things} in all.")]),
+        [("a", "*", "b", "x", "Collected over the days: {eq}."),
+         ("x", "+", "c", "y", "With what was found: {eq}.")]),
     "share_more": ("common",
         "{A} shares {a} {things} equally among {b} friends. Each friend then gets {c} more {things}. "
         "How many {things} does each friend have?", equal_shares,
-        [("a", "/", "b", "x", "Each friend first gets {eq} {things}."),
-         ("x", "+", "c", "y", "Each friend has {eq} {things}.")]),
+        [("a", "/", "b", "x", "Each friend first gets {eq}."),
+         ("x", "+", "c", "y", "Each friend then has {eq}.")]),
     "bags_lose": ("common",
         "{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
         "How many {things} does {A} have now?",
         lambda r: dict(a=r.randint(2, 50), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(1, 30)),
-        [("b", "*", "c", "x", "The bags hold {eq} {things}."), ("a", "+", "x", "y", "{A} then has {eq} {things}."),
-         ("y", "-", "d", "z", "After losing {d}, {A} has {eq} {things}.")]),
+        [("b", "*", "c", "x", "The bags hold {eq}."), ("a", "+", "x", "y", "With the bags: {eq}."),
+         ("y", "-", "d", "z", "After the loss: {eq}.")]),
     "sell_days": ("common",
         "{A} sells {things} for {a} coins each. {A} sells {b} {things} on Monday and {c} on Tuesday. "
         "How many coins does {A} earn?", lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(2, 9)),
-        [("b", "+", "c", "x", "{A} sells {eq} {things}."), ("x", "*", "a", "y", "{A} earns {eq} coins.")]),
+        [("b", "+", "c", "x", "Sold on both days: {eq}."), ("x", "*", "a", "y", "Coins earned: {eq}.")]),
     "basket_twice": ("common",
         "There are {a} {things} in a basket. {A} takes {b} {things} and {B} takes twice as many as {A}. "
         "How many {things} are left in the basket?", lambda r: dict(a=r.randint(30, 99), b=r.randint(2, 25)),
-        [("b", "*", "2", "x", "{B} takes {eq} {things}."), ("b", "+", "x", "y", "They take {eq} {things} in all."),
-         ("a", "-", "y", "z", "There are {eq} {things} left.")]),
+        [("b", "*", "2", "x", "The second takes {eq}."), ("b", "+", "x", "y", "Taken in all: {eq}."),
+         ("a", "-", "y", "z", "Left in the basket: {eq}.")]),
     # rare: a few in the corpus; a new operation in a familiar story, or a familiar one in a new story
     "fewer_together": ("rare",
         "{A} has {a} {things}. {B} has {b} fewer {things} than {A}. How many {things} do they have together?",
         lambda r: dict(a=r.randint(10, 49), b=r.randint(2, 30)),
-        [("a", "-", "b", "x", "{B} has {eq} {things}."), ("a", "+", "x", "y", "Together they have {eq} {things}.")]),
+        [("a", "-", "b", "x", "The second has {eq}."), ("a", "+", "x", "y", "Together: {eq}.")]),
     "change": ("rare",
         "{A} buys {a} {things} for {b} coins each and pays with {c} coins. How many coins does {A} get back?",
         lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(20, 99)),
-        [("a", "*", "b", "x", "The {things} cost {eq} coins."), ("c", "-", "x", "y", "{A} gets back {eq} coins.")]),
+        [("a", "*", "b", "x", "The cost: {eq}."), ("c", "-", "x", "y", "Coins back: {eq}.")]),
     "half_buy": ("rare",
         "{A} has {a} {things} and gives half of them to {B}. Then {A} buys {c} more {things}. "
         "How many {things} does {A} have now?", lambda r: dict(a=2 * r.randint(2, 49), c=r.randint(2, 40)),
-        [("a", "/", "2", "x", "{A} keeps half, {eq} {things}."), ("x", "+", "c", "y", "{A} then has {eq} {things}.")]),
+        [("a", "/", "2", "x", "Half of them: {eq}."), ("x", "+", "c", "y", "With the bags: {eq}.")]),
     # absent: only in train and test
     "times_more": ("absent",
         "{A} has {a} {things}. {B} has {b} times as many {things} as {A}. "
         "How many more {things} does {B} have than {A}?", lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9)),
-        [("a", "*", "b", "x", "{B} has {eq} {things}."), ("x", "-", "a", "y", "{B} has {eq} more {things} than {A}.")]),
+        [("a", "*", "b", "x", "The second has {eq}."), ("x", "-", "a", "y", "The difference: {eq}.")]),
     "pages_left": ("absent",
         "A book about {things} has {c} pages. {A} reads {a} pages every day for {b} days. "
         "How many pages are left to read?", lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9), c=r.randint(20, 99)),
-        [("a", "*", "b", "x", "{A} reads {eq} pages."), ("c", "-", "x", "y", "There are {eq} pages left.")]),
+        [("a", "*", "b", "x", "Pages read: {eq}."), ("c", "-", "x", "y", "Pages left: {eq}.")]),
     "two_groups": ("absent",
         "{A} has {a} bags with {b} {things} in each. {B} has {c} bags with {d} {things} in each. "
         "How many {things} do they have in all?",
         lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(2, 9)),
-        [("a", "*", "b", "x", "{A} has {eq} {things}."), ("c", "*", "d", "y", "{B} has {eq} {things}."),
-         ("x", "+", "y", "z", "Together they have {eq} {things}.")]),
+        [("a", "*", "b", "x", "The first has {eq}."), ("c", "*", "d", "y", "The second has {eq}."),
+         ("x", "+", "y", "z", "Together: {eq}.")]),
     "bags_lose_give": ("absent",  # a common kind with a fourth step: the corpus never solves four
         "{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
         "Then {A} gives {e} {things} to {B}. How many {things} does {A} have now?",
         lambda r: dict(a=r.randint(2, 50), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(1, 30),
                        e=r.randint(1, 30)),
-        [("b", "*", "c", "x", "The bags hold {eq} {things}."), ("a", "+", "x", "y", "{A} then has {eq} {things}."),
-         ("y", "-", "d", "z", "After losing {d}, {A} has {eq} {things}."),
-         ("z", "-", "e", "w", "After giving {e} to {B}, {A} has {eq} {things} left.")]),
+        [("b", "*", "c", "x", "The bags hold {eq}."), ("a", "+", "x", "y", "With the bags: {eq}."),
+         ("y", "-", "d", "z", "After the loss: {eq}."),
+         ("z", "-", "e", "w", "After giving some away: {eq}.")]),
     "buy_give_before": ("absent",  # buy_give told in another order: the numbers are not in the order they are used
         "{A} buys {b} more {things} and then gives {c} {things} to {B}. Before that, {A} had {a} {things}. "
         "How many {things} does {A} have now?",
         lambda r: dict(a=r.randint(10, 60), b=r.randint(2, 39), c=r.randint(2, 39)),
-        [("a", "+", "b", "x", "After buying more, {A} has {eq} {things}."),
-         ("x", "-", "c", "y", "After giving {c} to {B}, {A} has {eq} {things} left.")]),
+        [("a", "+", "b", "x", "After buying more: {eq}."),
+         ("x", "-", "c", "y", "After giving some away: {eq}.")]),
 }
 COVERAGES = ("common", "rare", "absent")
 OPERATORS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
