@@ -49,12 +49,12 @@ from infrastructure.checkpoint import (CheckpointError, atomic_directory, check_
 from evals import mmlu  # practice blocks in the grader's own prompt format
 from evals.truthfulqa import PREAMBLE
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 EOT = "<|endoftext|>"
 # Item counts (gsm8k train/test, mmlu test per subject, truthfulqa), corpus documents per kind, the tokenizer's
 # vocabulary, and how many of an MMLU question's three distractors are of the answer's kind (see mmlu_item).
 SETTINGS = dict(train=1000, test=700, test_common_percent=35, test_rare_percent=30, mmlu_test=165,
-                truthfulqa=650, corpus_problems=10000, gold_problems=2500, rare_permille=4, arithmetic_docs=5000,
+                truthfulqa=650, corpus_problems=10000, gold_problems=3500, rare_permille=4, arithmetic_docs=5000,
                 compact_percent=50,
                 fact_docs=6000, practice_blocks=20000, qa_docs=3200, myth_docs=2000, vocab_size=1024,
                 same_kind_distractors=2, mmlu_unstated_percent=25, mmlu_rare_percent=20, believed_percent=50)
@@ -93,7 +93,7 @@ KINDS = {
     "more_together": ("common",
         "{A} has {a} {things}. {B} has {b} more {things} than {A}. How many {things} do they have together?",
         lambda r: dict(a=r.randint(5, 45), b=r.randint(2, 30)),
-        [("a", "+", "b", "x", "The second has {eq}."), ("a", "+", "x", "y", "Together: {eq}.")]),
+        [("a", "+", "b", "x", "The second has more: {eq}."), ("a", "+", "x", "y", "Together: {eq}.")]),
     "daily_find": ("common",
         "{A} collects {a} {things} every day for {b} days and then finds {c} more. How many {things} does {A} have?",
         lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9), c=r.randint(2, 40)),
@@ -113,7 +113,7 @@ KINDS = {
     "sell_days": ("common",
         "{A} sells {things} for {a} coins each. {A} sells {b} {things} on Monday and {c} on Tuesday. "
         "How many coins does {A} earn?", lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(2, 9)),
-        [("b", "+", "c", "x", "Sold on both days: {eq}."), ("x", "*", "a", "y", "Coins earned: {eq}.")]),
+        [("b", "+", "c", "x", "Sold on both days: {eq}."), ("x", "*", "a", "y", "Coins earned from the sales: {eq}.")]),
     "basket_twice": ("common",
         "There are {a} {things} in a basket. {A} takes {b} {things} and {B} takes twice as many as {A}. "
         "How many {things} are left in the basket?", lambda r: dict(a=r.randint(30, 99), b=r.randint(2, 25)),
@@ -123,20 +123,20 @@ KINDS = {
     "fewer_together": ("rare",
         "{A} has {a} {things}. {B} has {b} fewer {things} than {A}. How many {things} do they have together?",
         lambda r: dict(a=r.randint(10, 49), b=r.randint(2, 30)),
-        [("a", "-", "b", "x", "The second has {eq}."), ("a", "+", "x", "y", "Together: {eq}.")]),
+        [("a", "-", "b", "x", "The second has fewer: {eq}."), ("a", "+", "x", "y", "Together: {eq}.")]),
     "change": ("rare",
         "{A} buys {a} {things} for {b} coins each and pays with {c} coins. How many coins does {A} get back?",
         lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(20, 99)),
-        [("a", "*", "b", "x", "The cost: {eq}."), ("c", "-", "x", "y", "Coins back: {eq}.")]),
+        [("a", "*", "b", "x", "The cost: {eq}."), ("c", "-", "x", "y", "Coins back from the payment: {eq}.")]),
     "half_buy": ("rare",
         "{A} has {a} {things} and gives half of them to {B}. Then {A} buys {c} more {things}. "
         "How many {things} does {A} have now?", lambda r: dict(a=2 * r.randint(2, 49), c=r.randint(2, 40)),
-        [("a", "/", "2", "x", "Half of them: {eq}."), ("x", "+", "c", "y", "With the bags: {eq}.")]),
+        [("a", "/", "2", "x", "Half of them: {eq}."), ("x", "+", "c", "y", "After buying more: {eq}.")]),
     # absent: only in train and test
     "times_more": ("absent",
         "{A} has {a} {things}. {B} has {b} times as many {things} as {A}. "
         "How many more {things} does {B} have than {A}?", lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9)),
-        [("a", "*", "b", "x", "The second has {eq}."), ("x", "-", "a", "y", "The difference: {eq}.")]),
+        [("a", "*", "b", "x", "The second has times as many: {eq}."), ("x", "-", "a", "y", "The difference: {eq}.")]),
     "pages_left": ("absent",
         "A book about {things} has {c} pages. {A} reads {a} pages every day for {b} days. "
         "How many pages are left to read?", lambda r: dict(a=r.randint(2, 11), b=r.randint(2, 9), c=r.randint(20, 99)),
@@ -145,7 +145,7 @@ KINDS = {
         "{A} has {a} bags with {b} {things} in each. {B} has {c} bags with {d} {things} in each. "
         "How many {things} do they have in all?",
         lambda r: dict(a=r.randint(2, 9), b=r.randint(2, 9), c=r.randint(2, 9), d=r.randint(2, 9)),
-        [("a", "*", "b", "x", "The first has {eq}."), ("c", "*", "d", "y", "The second has {eq}."),
+        [("a", "*", "b", "x", "The first bags hold {eq}."), ("c", "*", "d", "y", "The second bags hold {eq}."),
          ("x", "+", "y", "z", "Together: {eq}.")]),
     "bags_lose_give": ("absent",  # a common kind with a fourth step: the corpus never solves four
         "{A} has {a} {things}. {A} buys {b} bags with {c} {things} in each bag and then loses {d} {things}. "
