@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 from infrastructure.checkpoint import CheckpointError, load_tokenizer, write_failure  # noqa: E402
 from infrastructure.distributed import gather, shard  # noqa: E402
 from model import KVCache, token_logprobs  # noqa: E402
+from sample import share_prefill  # noqa: E402
 
 
 SHARED_MINIMUM = 32  # common first tokens worth a forward of their own (see forward_after_prefix)
@@ -203,10 +204,10 @@ def forward_after_prefix(model, ids, shared: int):
     b, T = ids.shape
     slots = torch.arange(T, device=ids.device)
     causal = slots[None, :] <= slots[:, None]  # (T, T): a position sees itself and what comes before
-    cache = KVCache.allocate(model, 1, T)
-    model(ids[:1, :shared], mask=causal[None, None, :shared, :shared], cache=cache, slots=slots[:shared],
-          return_hidden=True)
-    cache = KVCache([k.repeat(b, 1, 1, 1) for k in cache.keys], [v.repeat(b, 1, 1, 1) for v in cache.values])
+    cache = KVCache.allocate(model, b, T)
+    model(ids[:1, :shared], mask=causal[None, None, :shared, :shared], cache=cache.view(slice(0, 1)),
+          slots=slots[:shared], return_hidden=True)
+    share_prefill(cache, b, shared)  # the sampler's copy of a prefill to the other rows of its group
     positions = slots[shared:].expand(b, -1)  # (b, T - shared)
     return model(ids[:, shared:], positions=positions, mask=causal[None, None, shared:], cache=cache,
                  slots=slots[shared:], return_hidden=True)

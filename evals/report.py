@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from evals import findings, gsm8k, write_atomically
+from evals.frontier import spearman
 from infrastructure import flags
 from infrastructure.checkpoint import CheckpointError, check_writable, guard_output
 
@@ -228,22 +229,6 @@ def paper_table() -> str:
                                                       zip(numbers[3:], (5, 4, 4))]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation: Pearson's correlation of the ranks (ties get their mean rank)."""
-    def ranks(values):
-        values = np.asarray(values, dtype=float)
-        order = values.argsort(kind="stable")
-        result = np.empty(len(values))
-        result[order] = np.arange(len(values))
-        for value in np.unique(values):
-            result[values == value] = result[values == value].mean()
-        return result
-    a, b = ranks(x), ranks(y)
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def drift_and_forgetting(runs: list, base: dict) -> list:
