@@ -6,6 +6,7 @@ and state drift of every run, and the report with the paper's Table 2 beside our
     python study.py --lab                           # the lab: a world and a base of our own, CPU, 20 minutes
     python study.py                                 # the real study: Qwen/Qwen3-0.6B-Base, one GPU
     python study.py --data-dir ../shared/data --seeds 0 1 2 --ablation
+    python study.py --lab --sweep                   # each objective over a grid of strengths: the frontier
 
 --lab first writes a synthetic world (lab/world.py) and pretrains a small Qwen3 on it (lab/pretrain.py), then runs
 the same stages on them, with the presets below scaled to the lab, three seeds by default (docs/lab.md).
@@ -66,6 +67,37 @@ LAB = {
     "world": [], "pretrain": [],  # lab/world.py's and lab/pretrain.py's own defaults are the lab's (tests shrink them)
 }
 
+# The sweep (--sweep, docs/lab.md): each objective from barely moving the model to overwriting it, on the study's
+# base and two seeds, every run evaluated and measured like the study's. A setting is (name, flags): the
+# flags go after those of the study's run of that objective (SWEPT; the later flag wins); a setting without flags
+# is the study's own run, trained once. The settings marked stress-strength are left out of one forgetting fit.
+# Frozen before the first sweep ran: SFT spans one epoch at the mild rate to five at ten times it (the lab's
+# development runs put gains and forgetting across that range); RL and OPD their steps and rate around the study's.
+SWEPT = {"sft": "sft_mild", "rl": "rl", "opd": "opd_sft_stress"}  # OPD continues from the stress teacher
+SWEEP_SEEDS = 2  # at least
+
+
+def sft_setting(epochs, lr, rank):
+    return f"e{epochs}_lr{lr}_r{rank}", ["--epochs", str(epochs), "--lr", lr, "--lora-rank", str(rank),
+                                         "--lora-alpha", str(2 * rank)]
+
+
+SWEEP_LAB = {
+    "sft": [sft_setting(1, "1e-3", 8), ("sft_mild", None), sft_setting(1, "3e-3", 8), sft_setting(3, "2e-3", 16),
+            ("sft_stress", None), sft_setting(5, "1e-2", 32)],
+    "rl": [("s20", ["--steps", "20"]), ("s40", ["--steps", "40"]), ("rl", None),
+           ("s40_lr3e-3", ["--steps", "40", "--lr", "3e-3"])],
+    "opd": [("s10", ["--steps", "10"]), ("opd_sft_stress", None), ("s30_lr3e-3", ["--lr", "3e-3"])],
+}
+SWEEP = {  # the real study's, around its presets (a GPU)
+    "sft": [("sft_mild", None), sft_setting(3, "5e-5", 16), sft_setting(1, "2e-4", 16), sft_setting(3, "2e-4", 32),
+            ("sft_stress", None), sft_setting(5, "1e-3", 64)],
+    "rl": [("s50", ["--steps", "50"]), ("rl", None), ("s50_lr1e-4", ["--steps", "50", "--lr", "1e-4"]),
+           ("s100_lr1e-4", ["--lr", "1e-4"])],
+    "opd": [("s30", ["--steps", "30"]), ("opd_sft_stress", None), ("s200", ["--steps", "200"])],
+}
+STRESS_STRENGTH = {"sft_stress", "e5_lr1e-2_r32", "e5_lr1e-3_r64"}
+
 
 def training_runs(args, seed: int) -> list:
     """(run name, script and flags) of the training runs of one seed, in the order they depend on each other."""
@@ -89,6 +121,36 @@ def training_runs(args, seed: int) -> list:
         runs.append(("opd_sft_stress_full_kl", ["opd.py", "--teacher", checkpoint("sft_stress"), "--mode", "full_kl",
                                                 *common_sampling, *scaled("opd_sft_stress_full_kl", "opd")]))
     return [(name + suffix, command + ["--out", checkpoint(name)]) for name, command in runs]
+
+
+def sweep_runs(args) -> list:
+    """(objective, setting, seed, run name, training command) of every setting and seed; a setting without flags is
+    the study's run, under its study name."""
+    grid = SWEEP_LAB if args.lab or args.tiny else SWEEP
+    runs = []
+    for seed in args.seeds:
+        study, suffix = dict(training_runs(args, seed)), "" if seed == 0 else f"_seed{seed}"
+        for objective, settings in grid.items():
+            for setting, extra in settings:
+                if extra is None:
+                    runs.append((objective, setting, seed, setting + suffix, study[setting + suffix]))
+                    continue
+                name, command = f"sweep/{objective}_{setting}{suffix}", study[SWEPT[objective] + suffix]
+                runs.append((objective, setting, seed, name,
+                             command[:command.index("--out")] + extra + ["--out", str(args.ckpt_dir / name)]))
+    return runs
+
+
+def with_teachers(args, runs: list) -> list:
+    """(name, command) runs, each preceded by the study's run it learns from (OPD's teacher) when not among them."""
+    study = {str(args.ckpt_dir / name): (name, command) for seed in args.seeds for name, command in
+             training_runs(args, seed)}
+    ordered = {}
+    for name, command in runs:
+        if "--teacher" in command:
+            ordered.setdefault(*study[command[command.index("--teacher") + 1]])
+        ordered.setdefault(name, command)
+    return list(ordered.items())
 
 
 @dataclass
@@ -123,23 +185,38 @@ def stages(args) -> list:
         base = [Path(args.model) / "progress.json"]
     todo.append(Stage("evaluate the base model", results / "base" / "eval.json",
                       ["-m", "evals", args.model, *evals, "--out", str(results / "base" / "eval.json")], base))
-    runs = [run for seed in args.seeds for run in training_runs(args, seed)]
-    for name, command in runs:
+    def train(name, command):
         teacher = command[command.index("--teacher") + 1] if "--teacher" in command else None
-        todo.append(Stage(f"train {name}", args.ckpt_dir / name / "progress.json", command,
-                          base + ([Path(teacher) / "progress.json"] if teacher else [])))
-    for name, _ in runs:
+        return Stage(f"train {name}", args.ckpt_dir / name / "progress.json", command,
+                     base + ([Path(teacher) / "progress.json"] if teacher else []))
+
+    def measure(name):
         checkpoint, trained = str(args.ckpt_dir / name), [args.ckpt_dir / name / "progress.json"]
-        todo.append(Stage(f"evaluate {name}", results / name / "eval.json",
-                          ["-m", "evals", checkpoint, *evals, "--out", str(results / name / "eval.json")], trained))
-        todo.append(Stage(f"state drift of {name}", results / name / "drift.json",
-                          ["-m", "evals.drift", "--base", args.model, "--model", checkpoint, *data, "--shots",
-                           str(args.shots), "--dtype", "float32", *args.scale.get("drift", []), "--out",
-                           str(results / name / "drift.json")], base + trained))
+        return [Stage(f"evaluate {name}", results / name / "eval.json",
+                      ["-m", "evals", checkpoint, *evals, "--out", str(results / name / "eval.json")], trained),
+                Stage(f"state drift of {name}", results / name / "drift.json",
+                      ["-m", "evals.drift", "--base", args.model, "--model", checkpoint, *data, "--shots",
+                       str(args.shots), "--dtype", "float32", *args.scale.get("drift", []), "--out",
+                       str(results / name / "drift.json")], base + trained)]
+
+    def made_of(folders):
+        return [folder / name for folder in folders for name in ("eval.json", "drift.json")]
+    sweep = sweep_runs(args) if args.sweep else []
+    runs = (with_teachers(args, [(name, command) for *_, name, command in sweep]) if args.sweep else
+            [run for seed in args.seeds for run in training_runs(args, seed)])
+    measured = [name for *_, name, _ in sweep] if args.sweep else [name for name, _ in runs]  # not a mere teacher
+    todo += [train(name, command) for name, command in runs] + [stage for name in measured for stage in measure(name)]
+    if args.sweep:  # its report over every setting and seed, with the frontier's verdicts
+        named = [f"{objective}:{setting}:{seed}:{results / name}" for objective, setting, seed, name, _ in sweep]
+        stress = sorted({setting for _, setting, *_ in sweep} & STRESS_STRENGTH)
+        todo.append(Stage("sweep report", results / "sweep" / "report.md",
+                          ["-m", "evals.sweep", "--base", str(results / "base"), *named, "--stress", *stress,
+                           "--out", str(results / "sweep" / "report.md")],
+                          made_of([results / "base"] + [results / name for *_, name, _ in sweep])))
+        return todo
     folders = [results / "base"] + [results / name for name, _ in runs]
     todo.append(Stage("report", results / "report.md", ["-m", "evals.report", *map(str, folders), "--out",
-                                                        str(results / "report.md")],
-                      [folder / name for folder in folders for name in ("eval.json", "drift.json")]))
+                                                        str(results / "report.md")], made_of(folders)))
     return todo
 
 
@@ -201,6 +278,8 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="compile the decode step in rl, opd, GSM8K evals (GPU)")
     parser.add_argument("--tiny", action="store_true", help="the whole pipeline on a tiny random model, offline")
     parser.add_argument("--lab", action="store_true", help="the study in a world and on a base model of our own")
+    parser.add_argument("--sweep", action="store_true", help="each objective over a grid of strengths (the study's "
+                                                             "runs reused), and the frontier: results/.../sweep/")
     parser.add_argument("--world-seed", type=flags.count(0), help="--lab: the world to generate (default 0)")
     parser.add_argument("--ckpt-dir", type=Path, help="where checkpoints go (default ckpt, ckpt/tiny_study, "
                                                       "ckpt/lab/worldN)")
@@ -227,7 +306,9 @@ def parse_args(argv=None):
     if args.lab:
         args.model, args.data_dir = str(args.ckpt_dir / "base"), str(args.ckpt_dir / "world")
     args.model = args.model or DEFAULT_MODEL
-    args.seeds = args.seeds or ([0, 1, 2] if args.lab else [0])
+    args.seeds = args.seeds or ([0, 1] if args.sweep else [0, 1, 2] if args.lab else [0])
+    if args.sweep and len(args.seeds) < SWEEP_SEEDS:
+        parser.error(f"--sweep runs every setting with {SWEEP_SEEDS} seeds: give --seeds at least {SWEEP_SEEDS}")
     return args
 
 

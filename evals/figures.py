@@ -1,7 +1,8 @@
 """
 The report's figures (python -m evals.report): each run's change from the base beside the paper's, forgetting
-against both drift measures on log axes, and the training curves. Each is written whole and marked as the
-report's, so that a rerun knows its own plots.
+against both drift measures on log axes, and the training curves; and the sweep's (python -m evals.sweep): each
+objective's Pareto front, and forgetting against drift with the fitted quadratic. Each is written whole and marked
+as the report's, so that a rerun knows its own plots.
 """
 import os
 from pathlib import Path
@@ -84,6 +85,60 @@ def plot_training_curves(curves: list, path: Path) -> bool:
         axis.legend(fontsize=8)
     save_figure(figure, path)
     return True
+
+
+def plot_frontier(grids: dict, base_accuracy: float, path: Path):
+    """grids: {objective: (settings, (settings, seeds, 2) array of (main-task accuracy, retention))}. Each setting's
+    mean over seeds (bars: the seeds' standard deviation), each objective's Pareto front as a line, the base at
+    retention 1."""
+    from evals.frontier import pareto_front
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for i, (objective, (settings, points)) in enumerate(grids.items()):
+        colour, mean = plt.cm.tab10(i), points.mean(1)
+        spread = points.std(1, ddof=1) if points.shape[1] > 1 else np.zeros_like(mean)
+        axis.errorbar(mean[:, 0], mean[:, 1], xerr=spread[:, 0], yerr=spread[:, 1], fmt="o", color=colour,
+                      capsize=2, label=objective)
+        for setting, (x, y) in zip(settings, mean):
+            axis.annotate(setting, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(mean)
+        axis.plot(front[:, 0], front[:, 1], color=colour, linewidth=1.2)
+    axis.scatter([base_accuracy], [1.0], marker="*", s=150, color="black", zorder=3, label="base")
+    axis.set_xlabel("main task (GSM8K) accuracy")
+    axis.set_ylabel("retention (TruthfulQA, MMLU; base = 1)")
+    axis.set_title("Each objective's settings and Pareto front (mean over seeds)")
+    axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def plot_drift_fits(table: list, fits: dict, path: Path):
+    """table: one row per run (objective, forgetting, mmd, forward_kl); fits: per drift, its quadratic and
+    Spearman's correlation. Forgetting against each drift on a log axis, each objective in its colour, the
+    quadratic fitted over every run drawn."""
+    from evals.frontier import curve
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    objectives = list(dict.fromkeys(row["objective"] for row in table))
+    for axis, (key, label) in zip(axes, (("mmd", "MMD drift (lexical prefix states)"),
+                                         ("forward_kl", "forward KL(base || post) per token (nats)"))):
+        for i, objective in enumerate(objectives):
+            mine = [row for row in table if row["objective"] == objective]
+            axis.scatter([row[key] for row in mine], [row["forgetting"] for row in mine], color=plt.cm.tab10(i),
+                         label=objective)
+        drifts = np.array([row[key] for row in table])
+        fit = fits[key]["quadratic"]
+        if fit is not None:
+            xs = np.linspace(drifts.min(), drifts.max(), 200)
+            axis.plot(xs, curve(fit["coefficients"], xs), color="grey", linewidth=1,
+                      label=f"quadratic, R^2 {fit['r2']:.2f}")
+        positive = drifts[drifts > 0]
+        axis.set_xscale("symlog", linthresh=positive.min() if len(positive) else 1e-6)
+        axis.set_title(f"Spearman {fits[key]['spearman']:.2f} over {len(table)} runs")
+        axis.set_xlabel(label + ", log scale")
+        axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
+        axis.axhline(0, color="grey", linewidth=0.5)
+        axis.legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def pyplot():

@@ -1,5 +1,6 @@
 """The sweep's frontier (evals/frontier.py): Pareto fronts, interpolation along them, the quadratic fit and its
 R^2, Spearman's correlation, and each verdict's outcomes, on made-up numbers with answers computed by hand."""
+import json
 import math
 
 import numpy as np
@@ -84,5 +85,61 @@ def test_opd_side_verdict_outcomes():
     assert numbers["RL"]["fit"]["coefficients"] == pytest.approx((0, 0.1, 0), abs=1e-12)
     assert frontier.opd_side_verdict(rl, sft, [(1, 0.3), (2, 0.6)])[0] == "SFT"
     assert frontier.opd_side_verdict(rl, sft, [(1, 0.2), (2, 0.4)])[0] == "inconclusive"  # halfway: equal
-    with pytest.raises(ValueError, match="two forward KLs"):
-        frontier.opd_side_verdict([(1, 0.1), (1, 0.2)], sft, [(1, 0.1)])
+    assert frontier.opd_side_verdict([(1, 0.1), (1, 0.2)], sft, [(1, 0.1)]) == (
+        "inconclusive", {"reason": "each curve needs runs at two forward KLs at least"})
+    # every draw's correlation undefined (forgetting the same in every run): no interval, no verdict
+    assert frontier.drift_verdict([0.1] * 4, [1, 2, 3, 4], [4, 3, 2, 1])[0] == "inconclusive"
+
+
+def write_results(folder, gsm8k, truthfulqa, mmlu, mmd=None, kl=None):
+    """A run's eval.json (and drift.json) as python -m evals and evals.drift write them, scores only."""
+    protocol = {"shots": 0, "limit": None, "data": "x", "device": "cpu", "dtype": "float32"}
+    summary = {"gsm8k": {"flexible": gsm8k, "flexible_stderr": 0.02}, "truthfulqa": {"mc1": truthfulqa,
+               "mc1_stderr": 0.02}, "mmlu": {"accuracy": mmlu, "accuracy_stderr": 0.02}}
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps({"model": str(folder), "protocol": protocol, "summary": summary}))
+    if mmd is not None:
+        (folder / "drift.json").write_text(json.dumps({"distances": {"mmd2": mmd, "forward_kl_per_token": kl}}))
+    return folder
+
+
+def test_the_sweep_report_from_written_results(tmp_path):
+    """Two seeds of 3 SFT, 2 RL and 2 OPD settings with made-up scores: RL keeps retention 0.05 above SFT's front
+    at every accuracy both reach (above); forgetting rises with the forward KL (RL and OPD 0.12 per nat, SFT 0.06)
+    and not with the MMD; OPD lies on RL's forgetting curve and 0.03 and 0.06 off SFT's. The
+    report, its figures and sweep.json; a bad run, a missing seed or a foreign --out in one line."""
+    from evals import sweep
+    base = write_results(tmp_path / "base", 0.5, 0.6, 0.6)
+    runs, number = [], 0
+    # (objective, setting, GSM8K, retention, forward KL); forgetting = 0.6 * (1 - retention) on both tasks
+    for objective, setting, accuracy, kept, kl in (("sft", "a", 0.5, 0.9, 1.0), ("sft", "b", 0.6, 0.8, 2.0),
+                                                   ("sft", "c", 0.7, 0.7, 3.0), ("rl", "a", 0.5, 0.95, 0.25),
+                                                   ("rl", "b", 0.7, 0.75, 1.25), ("opd", "a", 0.45, 0.9, 0.5),
+                                                   ("opd", "b", 0.45, 0.8, 1.0)):
+        for seed in (0, 1):
+            number += 1
+            score = 0.6 * kept
+            folder = write_results(tmp_path / f"{objective}_{setting}_{seed}", accuracy, score, score,
+                                   mmd=1 / number, kl=kl)
+            runs.append(f"{objective}:{setting}:{seed}:{folder}")
+    out = tmp_path / "sweep" / "report.md"
+    assert sweep.main(["--base", str(base), *runs, "--stress", "c", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| sft | c (stress) | 2 | 0.700 | 0.7000 | 0.1800 |" in text
+    assert "1. RL's front against SFT's: **above** (shared GSM8K range 0.500 to 0.700" in text
+    assert "2. Which drift predicts forgetting: **forward KL**" in text
+    numbers = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert len(numbers["runs"]) == 14 and numbers["verdicts"]["fronts"][0] == "above"
+    side = numbers["verdicts"]["opd_side"]
+    assert side[0] == "RL" and side[1]["RL"]["residual"] == pytest.approx(0, abs=1e-9)
+    assert side[1]["SFT"]["residual"] == pytest.approx((0.03 + 0.06) / 2)
+    for figure in ("frontier.png", "drift_vs_forgetting.png"):
+        assert (tmp_path / "sweep" / figure).read_bytes()[:4] == b"\x89PNG"
+    assert sweep.main(["--base", str(base), *runs, "--out", str(out)]) == 0  # its own report: rewritten
+    foreign = tmp_path / "notes.md"
+    foreign.write_text("mine\n")
+    assert sweep.main(["--base", str(base), *runs, "--out", str(foreign)]) == 1 and foreign.read_text() == "mine\n"
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--base", str(base), "ppo:a:0:x", "--out", str(out)])
+    lonely = runs[:-1]  # opd b has seed 0 only
+    assert sweep.main(["--base", str(base), *lonely, "--out", str(out)]) == 1

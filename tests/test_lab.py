@@ -327,19 +327,21 @@ def test_study_lab_plans_world_base_and_three_seeds_with_the_lab_presets(tmp_pat
     assert "--data-dir " + str(tmp_path / "c" / "world") in commands["evaluate rl_seed1"]
 
 
+SMALL_LAB = {  # study.LAB shrunk to seconds
+    "world": SMALL_FLAGS, "pretrain": PRETRAIN_SMALL,
+    "sft": ["--steps", "1", "--batch-size", "4", "--heldout", "2", "--lora-rank", "4", "--lora-alpha", "8"],
+    "opd": ["--steps", "1", "--batch-size", "2", "--max-new-tokens", "8", "--continuation-tokens", "4",
+            "--heldout", "0"],
+    "rl": ["--steps", "1", "--batch-size", "2", "--samples-per-prompt", "2", "--max-new-tokens", "8", "--heldout", "2"],
+    "drift": ["--prompts", "2", "--max-new-tokens", "8"]}
+
+
 @pytest.mark.slow
 def test_study_lab_end_to_end_on_a_small_world(tmp_path, monkeypatch):
     """`python study.py --lab` with the lab's counts shrunk: world, base, every stage, report; a second run does no
     work. (The real lab is the same command with the presets in study.LAB: 20 minutes.)"""
     import study
-    monkeypatch.setattr(study, "LAB", {
-        "world": SMALL_FLAGS, "pretrain": PRETRAIN_SMALL,
-        "sft": ["--steps", "1", "--batch-size", "4", "--heldout", "2", "--lora-rank", "4", "--lora-alpha", "8"],
-        "opd": ["--steps", "1", "--batch-size", "2", "--max-new-tokens", "8", "--continuation-tokens", "4",
-                "--heldout", "0"],
-        "rl": ["--steps", "1", "--batch-size", "2", "--samples-per-prompt", "2", "--max-new-tokens", "8",
-               "--heldout", "2"],
-        "drift": ["--prompts", "2", "--max-new-tokens", "8"]})
+    monkeypatch.setattr(study, "LAB", SMALL_LAB)
     flags = ["--lab", "--seeds", "0", "--limit", "2", "--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir",
              str(tmp_path / "results")]
     assert study.main(flags) == 0
@@ -348,6 +350,69 @@ def test_study_lab_end_to_end_on_a_small_world(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "ckpt" / "world" / "world.json").read_text())["world_seed"] == 0
     seconds = json.loads((tmp_path / "results" / "stage_seconds.json").read_text())
     assert len(seconds) == 19 and all(value > 0 for value in seconds.values())
+    outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    assert study.main(flags) == 0
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == outputs
+
+
+def test_the_sweep_plans_each_objectives_grid_on_two_seeds_and_reuses_the_studys_runs(tmp_path):
+    """--lab --sweep: the world, the base and its eval, then every setting of study.SWEEP_LAB on seeds 0 and 1,
+    trained on top of the study's run of its objective (the setting's flags last) or, for a setting without flags,
+    the study's own run by the study's own command (so a finished --lab is reused); each evaluated and measured;
+    the sweep's report over all of them."""
+    import study
+    ckpt, results = tmp_path / "c", tmp_path / "r"
+    common = ["--lab", "--ckpt-dir", str(ckpt), "--results-dir", str(results)]
+    study_commands = {stage.description: stage.command for stage in study.stages(study.parse_args(common))}
+    plan = study.stages(study.parse_args(common + ["--sweep"]))
+    assert [stage.description for stage in plan[:3]] == ["write the lab world", "pretrain the lab's base model",
+                                                         "evaluate the base model"]
+    trained = [stage.description.removeprefix("train ") for stage in plan if stage.description.startswith("train ")]
+    assert trained == [name + suffix for suffix in ("", "_seed1") for name in (
+        "sweep/sft_e1_lr1e-3_r8", "sft_mild", "sweep/sft_e1_lr3e-3_r8", "sweep/sft_e3_lr2e-3_r16", "sft_stress",
+        "sweep/sft_e5_lr1e-2_r32", "sweep/rl_s20", "sweep/rl_s40", "rl", "sweep/rl_s40_lr3e-3", "sweep/opd_s10",
+        "opd_sft_stress", "sweep/opd_s30_lr3e-3")]
+    commands = {stage.description: stage.command for stage in plan}
+    for reused in ("sft_mild", "sft_stress_seed1", "rl", "opd_sft_stress_seed1"):
+        for step in ("train", "evaluate", "state drift of"):
+            assert commands[f"{step} {reused}"] == study_commands[f"{step} {reused}"]
+    strongest = " ".join(commands["train sweep/sft_e5_lr1e-2_r32_seed1"])
+    assert strongest.startswith("sft.py --preset mild --model " + str(ckpt / "base") + " --seed 1 ")
+    assert strongest.endswith("--epochs 5 --lr 1e-2 --lora-rank 32 --lora-alpha 64 --out "
+                              + str(ckpt / "sweep" / "sft_e5_lr1e-2_r32_seed1"))
+    assert "--teacher " + str(ckpt / "sft_stress") + " " in " ".join(commands["train sweep/opd_s10"])
+    assert " ".join(commands["train sweep/rl_s40_lr3e-3"]).endswith(
+        "--steps 40 --lr 3e-3 --out " + str(ckpt / "sweep" / "rl_s40_lr3e-3"))
+    assert commands["evaluate sweep/rl_s20_seed1"][-1] == str(results / "sweep" / "rl_s20_seed1" / "eval.json")
+    report = plan[-1]
+    assert report.output == results / "sweep" / "report.md" and report.command[:2] == ["-m", "evals.sweep"]
+    named = [item for item in report.command if item.count(":") == 3]
+    assert len(named) == 26 and f"sft:sft_mild:1:{results / 'sft_mild_seed1'}" in named
+    assert f"opd:s10:0:{results / 'sweep' / 'opd_s10'}" in named
+    stress = report.command[report.command.index("--stress") + 1:report.command.index("--out")]
+    assert stress == ["e5_lr1e-2_r32", "sft_stress"]
+    assert len(plan) == 3 + 26 * 3 + 1
+    result = run_script("study.py", *common, "--sweep", "--seeds", "0")
+    assert result.returncode != 0 and "--sweep runs every setting with 2 seeds" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_end_to_end_on_a_small_world(tmp_path, monkeypatch):
+    """`python study.py --lab --sweep` with the world and every run shrunk to seconds and a grid of one setting per
+    objective (the stress SFT reused as the SFT setting and OPD's teacher): world, base, three runs on each of two
+    seeds, the sweep's report; a second run does no work."""
+    import study
+    monkeypatch.setattr(study, "LAB", SMALL_LAB)
+    monkeypatch.setattr(study, "SWEEP_LAB", {"sft": [("sft_stress", None)], "rl": [("s2", ["--steps", "2"])],
+                                             "opd": [("s2", ["--steps", "2"])]})
+    flags = ["--lab", "--sweep", "--limit", "8", "--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir",
+             str(tmp_path / "results")]
+    assert study.main(flags) == 0
+    text = (tmp_path / "results" / "sweep" / "report.md").read_text()
+    assert "| sft | sft_stress (stress) | 2 |" in text and "| opd | s2 | 2 |" in text and "## Verdicts" in text
+    numbers = json.loads((tmp_path / "results" / "sweep" / "sweep.json").read_text())
+    assert len(numbers["runs"]) == 6 and {row["seed"] for row in numbers["runs"]} == {0, 1}
+    assert (tmp_path / "ckpt" / "sweep" / "rl_s2_seed1" / "model.safetensors").exists()
     outputs = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     assert study.main(flags) == 0
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == outputs
