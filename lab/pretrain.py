@@ -2,13 +2,14 @@
 Pretrain a small Qwen3 from scratch on a lab world's corpus (lab/world.py): the lab's base model.
 
     python -m lab.world --world-seed 0 --out ckpt/lab/world0/world
-    python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 9 minutes on 2 CPU cores
+    python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 10-30 minutes, 2 CPU cores
     python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
 
 Why it exists: the paper's lesson is about whose states a model is trained on, and a base model's own
-states come from pretraining. Here that is visible: the corpus solves word problems in one style
+states come from pretraining. Here that is visible: the corpus solves most word problems in one style
 ("12 * 6 = 72. 72 + 23 = 95. The answer is 95."), so that is what this base writes, while SFT's gold
-solutions (the world's gsm8k/train.jsonl) are written in GSM8K's style, states the base never visits.
+solutions (the world's gsm8k/train.jsonl) are written in GSM8K's style, which the corpus holds more rarely:
+states the base can read but does not visit.
 
 Full training (no LoRA) with training.py's Run: AdamW, warmup + cosine decay, clipping, atomic save. The
 corpus is tokenized once, documents joined by <|endoftext|>, cut into fixed-length sequences, and every
@@ -31,10 +32,10 @@ from infrastructure.resume import check_output, check_same_run, finished
 from lab.world import EOT, read_marker
 from model import Config, Qwen3
 
-# The lab's base (our choice, sized on world seed 0 before any post-training ran): 0.92M parameters (the flags'
-# defaults), the 4.2M-token corpus seen twice, 1016 steps of 32 x 256 tokens: 518 s at 17-18k tokens/s on 2 CPU
-# cores. On world 0 it scores GSM8K 0.59 (flexible; strict 0: it never writes '####'), MMLU 0.61 (chance 0.25)
-# and TruthfulQA MC1 0.97: the retention tasks are learned, the main task half done.
+# The lab's base (our choice, sized on the development worlds before any post-training ran): 0.92M parameters
+# (the flags' defaults), the 4.7M-token corpus seen twice, about 1,150 steps of 32 x 256 tokens: 9 minutes at
+# 17-18k tokens/s on 2 CPU cores, 30 at the 5.8k of a slower day. On world 0 it scores GSM8K 0.47 (flexible),
+# TruthfulQA MC1 0.52 and MMLU 0.36: every benchmark off its ceiling and floor (docs/lab.md).
 PRESET = dict(epochs=2.0, batch_size=32, lr=2e-3, warmup_steps=50, lora_rank=0)
 
 # -----------------------------------------------------------------------------

@@ -339,7 +339,7 @@ SMALL_LAB = {  # study.LAB shrunk to seconds
 @pytest.mark.slow
 def test_study_lab_end_to_end_on_a_small_world(tmp_path, monkeypatch):
     """`python study.py --lab` with the lab's counts shrunk: world, base, every stage, report; a second run does no
-    work. (The real lab is the same command with the presets in study.LAB: 20 minutes.)"""
+    work. (The real lab is the same command with the presets in study.LAB; docs/lab.md gives its time.)"""
     import study
     monkeypatch.setattr(study, "LAB", SMALL_LAB)
     flags = ["--lab", "--seeds", "0", "--limit", "2", "--ckpt-dir", str(tmp_path / "ckpt"), "--results-dir",
