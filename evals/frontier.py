@@ -6,14 +6,18 @@ sweep ran (the same rules for the lab and for a GPU sweep):
 
 1. RL's front against SFT's. Each objective's Pareto front over its settings' seed-mean points (main-task
    accuracy, retention); RL's retention minus SFT's at GRID accuracies spread over the range both fronts reach
-   (linear interpolation along each front). "above" when a bootstrap over seeds puts the 95% interval above 0
-   at every accuracy, "below" when below 0 at every one, "not comparable" when the shared range is narrower
-   than NARROWEST, else "inconclusive".
+   (linear interpolation along each front). A bootstrap over seeds (the same draw of seeds for every run)
+   redraws both fronts; an accuracy is tested when both fronts of at least 95% of the draws reach it (a draw's
+   front may end short of the mean's). "not comparable" when the tested accuracies span less than NARROWEST,
+   "above" when the 95% interval lies above 0 at every tested accuracy, "below" when below 0 at every one, else
+   "inconclusive". (With two seeds there are three distinct draws: the interval spans seed 0's difference,
+   seed 1's and their mean's.)
 2. Which drift measure predicts forgetting. A paired bootstrap over runs of Spearman(forgetting, MMD) minus
-   Spearman(forgetting, forward KL): "MMD" when its 95% interval lies above 0, "forward KL" when below, else
-   "inconclusive".
+   Spearman(forgetting, forward KL), signed (more drift, more forgetting): "MMD" when its 95% interval lies above
+   0, "forward KL" when below, else "inconclusive".
 3. OPD's side. Quadratics of forgetting against forward KL fitted on RL's runs and on SFT's; OPD's runs' mean
-   absolute residual from each, with a bootstrap-over-OPD-runs 95% interval: the curve with the smaller
+   absolute residual from each, with a bootstrap-over-OPD-runs 95% interval (the fits taken as exact, and
+   extended beyond the forward KLs they were fitted on where OPD's lie outside): the curve with the smaller
    residual when the two intervals do not overlap, else "inconclusive".
 """
 import numpy as np
@@ -92,9 +96,11 @@ def interval(samples) -> tuple:
 
 
 def fronts_verdict(rl, sft, seed: int = 0) -> tuple:
-    """Verdict 1. rl, sft: (settings, seeds, 2) arrays of (accuracy, retention), the same seeds everywhere ->
-    (verdict, numbers). The bootstrap draws seeds with replacement, the same draw for every run."""
+    """Verdict 1. rl, sft: (settings, seeds, 2) arrays of (accuracy, retention), the same seeds in both ->
+    (verdict, numbers)."""
     rl, sft = np.asarray(rl, dtype=float), np.asarray(sft, dtype=float)
+    if rl.shape[1] != sft.shape[1]:
+        raise ValueError(f"RL has {rl.shape[1]} seeds and SFT {sft.shape[1]}: the fronts need the same seeds")
     low, high = shared_range(pareto_front(rl.mean(1)), pareto_front(sft.mean(1)))
     numbers = {"range": (float(low), float(high))}
     if high - low < NARROWEST:
@@ -106,15 +112,16 @@ def fronts_verdict(rl, sft, seed: int = 0) -> tuple:
     random = np.random.default_rng(seed)
     draws = [random.integers(0, rl.shape[1], rl.shape[1]) for _ in range(RESAMPLES)]
     samples = np.array([difference(rl[:, draw].mean(1), sft[:, draw].mean(1)) for draw in draws])  # (RESAMPLES, GRID)
-    # a draw whose fronts do not reach an accuracy says nothing there; too few that do leave it undecided
-    reached = np.isfinite(samples).mean(0) >= LEVEL
-    bounds = np.array([interval(column) if column_reached else (np.nan, np.nan)
-                       for column, column_reached in zip(samples.T, reached)])
+    tested = np.isfinite(samples).mean(0) >= LEVEL
+    bounds = np.array([interval(column) for column in samples.T])  # (GRID, 2)
     numbers.update(accuracy=accuracies.tolist(), difference=difference(rl.mean(1), sft.mean(1)).tolist(),
-                   low=bounds[:, 0].tolist(), high=bounds[:, 1].tolist())
-    if reached.all() and (bounds[:, 0] > 0).all():
+                   low=bounds[:, 0].tolist(), high=bounds[:, 1].tolist(), tested=tested.tolist())
+    if not tested.any() or np.ptp(accuracies[tested]) < NARROWEST:
+        return "not comparable", numbers
+    numbers["tested_range"] = (float(accuracies[tested].min()), float(accuracies[tested].max()))
+    if (bounds[tested, 0] > 0).all():
         return "above", numbers
-    if reached.all() and (bounds[:, 1] < 0).all():
+    if (bounds[tested, 1] < 0).all():
         return "below", numbers
     return "inconclusive", numbers
 

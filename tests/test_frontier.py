@@ -57,6 +57,17 @@ def test_fronts_verdict_outcomes():
     # seed 0 puts RL 0.05 above SFT, seed 1 0.03 below: the mean is above, a draw of seed 1 twice is below
     verdict, numbers = frontier.fronts_verdict(sweep([[0.95, 0.85, 0.75], [0.87, 0.77, 0.67]]), sft)
     assert verdict == "inconclusive" and numbers["difference"] == pytest.approx([0.01] * frontier.GRID)
+    # the seeds' accuracies differ by 0.008: a draw of one seed twice ends its fronts short of the mean's ends,
+    # so those ends are not tested; RL stays 0.05 above SFT wherever both fronts of the draws reach
+    jittered_sft, jittered_rl = sft.copy(), sweep([[0.95, 0.85, 0.75]] * 2)
+    for points in (jittered_sft, jittered_rl):
+        points[:, 0, 0] -= 0.004
+        points[:, 1, 0] += 0.004
+    verdict, numbers = frontier.fronts_verdict(jittered_rl, jittered_sft)
+    assert verdict == "above" and not numbers["tested"][0] and not numbers["tested"][-1]
+    assert numbers["tested_range"][0] > 0.5 and numbers["tested_range"][1] < 0.7
+    with pytest.raises(ValueError, match="the same seeds"):
+        frontier.fronts_verdict(sweep([[0.95, 0.85, 0.75]] * 3), sft)
     # crossing fronts: above at low accuracy, below at high
     assert frontier.fronts_verdict(sweep([[0.95, 0.8, 0.65]] * 2), sft)[0] == "inconclusive"
     # RL reaches 0.50-0.54 only: a shared range of 0.04
