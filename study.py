@@ -71,8 +71,9 @@ LAB = {
 # base and two seeds, every run evaluated and measured like the study's. A setting is (name, flags): the
 # flags go after those of the study's run of that objective (SWEPT; the later flag wins); a setting without flags
 # is the study's own run, trained once. The settings marked stress-strength are left out of one forgetting fit.
-# Frozen before the first sweep ran: SFT spans one epoch at the mild rate to five at ten times it (the lab's
-# development runs put gains and forgetting across that range); RL and OPD their steps and rate around the study's.
+# Frozen before the first sweep ran. SFT from one epoch at the mild rate to five at ten times it in the lab (its
+# development runs put gains and forgetting across that range; twenty times on a GPU, where the mild rate is ours
+# and low); RL and OPD their steps and rate around the study's.
 SWEPT = {"sft": "sft_mild", "rl": "rl", "opd": "opd_sft_stress"}  # OPD continues from the stress teacher
 SWEEP_SEEDS = 2  # at least
 
@@ -87,13 +88,13 @@ SWEEP_LAB = {
             ("sft_stress", None), sft_setting(5, "1e-2", 32)],
     "rl": [("s20", ["--steps", "20"]), ("s40", ["--steps", "40"]), ("rl", None),
            ("s40_lr3e-3", ["--steps", "40", "--lr", "3e-3"])],
-    "opd": [("s10", ["--steps", "10"]), ("opd_sft_stress", None), ("s30_lr3e-3", ["--lr", "3e-3"])],
+    "opd": [("s10", ["--steps", "10"]), ("opd_sft_stress", None), ("s30_lr3e-3", ["--steps", "30", "--lr", "3e-3"])],
 }
 SWEEP = {  # the real study's, around its presets (a GPU)
     "sft": [("sft_mild", None), sft_setting(3, "5e-5", 16), sft_setting(1, "2e-4", 16), sft_setting(3, "2e-4", 32),
             ("sft_stress", None), sft_setting(5, "1e-3", 64)],
     "rl": [("s50", ["--steps", "50"]), ("rl", None), ("s50_lr1e-4", ["--steps", "50", "--lr", "1e-4"]),
-           ("s100_lr1e-4", ["--lr", "1e-4"])],
+           ("s100_lr1e-4", ["--steps", "100", "--lr", "1e-4"])],
     "opd": [("s30", ["--steps", "30"]), ("opd_sft_stress", None), ("s200", ["--steps", "200"])],
 }
 STRESS_STRENGTH = {"sft_stress", "e5_lr1e-2_r32", "e5_lr1e-3_r64"}
@@ -126,7 +127,7 @@ def training_runs(args, seed: int) -> list:
 def sweep_runs(args) -> list:
     """(objective, setting, seed, run name, training command) of every setting and seed; a setting without flags is
     the study's run, under its study name."""
-    grid = SWEEP_LAB if args.lab or args.tiny else SWEEP
+    grid = SWEEP_LAB if args.lab else SWEEP
     runs = []
     for seed in args.seeds:
         study, suffix = dict(training_runs(args, seed)), "" if seed == 0 else f"_seed{seed}"
@@ -290,6 +291,9 @@ def parse_args(argv=None):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice would count twice in the spread")
     if args.tiny and args.lab:
         parser.error("--tiny and --lab are two different studies: choose one")
+    if args.sweep and (args.tiny or args.ablation):
+        parser.error(f"--sweep runs the lab's or the real study's grid: leave out "
+                     f"{'--tiny' if args.tiny else '--ablation'}")
     if args.world_seed is not None and not args.lab:
         parser.error("--world-seed chooses the lab's world: it needs --lab")
     args.world_seed = args.world_seed or 0
@@ -376,7 +380,8 @@ def run_stages(args) -> int:
         except (CheckpointError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    print(f"study finished in {time.perf_counter() - started:.0f} s: {args.results_dir / 'report.md'}")
+    report = args.results_dir / ("sweep" if args.sweep else "") / "report.md"
+    print(f"study finished in {time.perf_counter() - started:.0f} s: {report}")
     return 0
 
 

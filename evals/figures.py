@@ -87,7 +87,7 @@ def plot_training_curves(curves: list, path: Path) -> bool:
     return True
 
 
-def plot_frontier(grids: dict, base_accuracy: float, path: Path):
+def plot_frontier(grids: dict, base_accuracy: float, path: Path, tool: str):
     """grids: {objective: (settings, (settings, seeds, 2) array of (main-task accuracy, retention))}. Each setting's
     mean over seeds (bars: the seeds' standard deviation), each objective's Pareto front as a line, the base at
     retention 1."""
@@ -108,10 +108,10 @@ def plot_frontier(grids: dict, base_accuracy: float, path: Path):
     axis.set_ylabel("retention (TruthfulQA, MMLU; base = 1)")
     axis.set_title("Each objective's settings and Pareto front (mean over seeds)")
     axis.legend(fontsize=8)
-    save_figure(figure, path)
+    save_figure(figure, path, tool)
 
 
-def plot_drift_fits(table: list, fits: dict, path: Path):
+def plot_drift_fits(table: list, fits: dict, path: Path, tool: str):
     """table: one row per run (objective, forgetting, mmd, forward_kl); fits: per drift, its quadratic and
     Spearman's correlation. Forgetting against each drift on a log axis, each objective in its colour, the
     quadratic fitted over every run drawn."""
@@ -138,7 +138,7 @@ def plot_drift_fits(table: list, fits: dict, path: Path):
         axis.set_ylabel("forgetting (TruthfulQA, MMLU)")
         axis.axhline(0, color="grey", linewidth=0.5)
         axis.legend(fontsize=8)
-    save_figure(figure, path)
+    save_figure(figure, path, tool)
 
 
 def pyplot():
@@ -149,12 +149,12 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path: Path):
-    """A plot laid out, written whole (to a temporary file, then renamed), marked as this tool's, and closed."""
+def save_figure(figure, path: Path, tool: str = "python -m evals.report"):
+    """A plot laid out, written whole (to a temporary file, then renamed), marked as the tool's, and closed."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     figure.tight_layout()
     try:
-        figure.savefig(temporary, dpi=120, metadata={"Software": "python -m evals.report"})
+        figure.savefig(temporary, dpi=120, metadata={"Software": tool})
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)

@@ -137,20 +137,46 @@ def test_the_sweep_report_from_written_results(tmp_path):
     assert sweep.main(["--base", str(base), *runs, "--stress", "c", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| sft | c (stress) | 2 | 0.700 | 0.7000 | 0.1800 |" in text
-    assert "1. RL's front against SFT's: **above** (shared GSM8K range 0.500 to 0.700" in text
+    assert ("1. RL's front against SFT's: **above** (GSM8K range both fronts reach 0.500 to 0.700, tested 0.500 to 0.700; "
+            "RL's retention minus SFT's from +0.0500 to +0.0500; with 2 seeds the bootstrap has 3 distinct draws).") in text
     assert "2. Which drift predicts forgetting: **forward KL**" in text
-    numbers = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    numbers = json.loads((tmp_path / "sweep" / "sweep.json").read_text(), parse_constant=strict)
     assert len(numbers["runs"]) == 14 and numbers["verdicts"]["fronts"][0] == "above"
     side = numbers["verdicts"]["opd_side"]
     assert side[0] == "RL" and side[1]["RL"]["residual"] == pytest.approx(0, abs=1e-9)
     assert side[1]["SFT"]["residual"] == pytest.approx((0.03 + 0.06) / 2)
-    for figure in ("frontier.png", "drift_vs_forgetting.png"):
+    for figure in ("frontier.png", "drift_fits.png"):
         assert (tmp_path / "sweep" / figure).read_bytes()[:4] == b"\x89PNG"
-    assert sweep.main(["--base", str(base), *runs, "--out", str(out)]) == 0  # its own report: rewritten
-    foreign = tmp_path / "notes.md"
-    foreign.write_text("mine\n")
-    assert sweep.main(["--base", str(base), *runs, "--out", str(foreign)]) == 1 and foreign.read_text() == "mine\n"
+    assert sweep.main(["--base", str(base), *runs, "--out", str(out)]) == 0  # its own outputs: rewritten
+
+
+def test_the_sweep_report_refuses_bad_grids_and_foreign_files_in_one_line(tmp_path, capsys):
+    from evals import sweep
+    base = write_results(tmp_path / "base", 0.5, 0.6, 0.6)
+    runs = [f"{objective}:a:{seed}:" + str(write_results(tmp_path / f"{objective}{seed}", 0.5 + 0.1 * seed, 0.5,
+                                                           0.5 - 0.1 * seed, mmd=0.01, kl=0.1 + seed))
+            for objective in ("sft", "rl", "opd") for seed in (0, 1)]
+    out = tmp_path / "sweep" / "report.md"
+    for bad, message in ((runs[:-2], "no opd runs"), (runs + [runs[0]], "sft:a:0 is given twice"),
+                         (runs[:-1], "the objectives ran on different seeds")):
+        assert sweep.main(["--base", str(base), *bad, "--out", str(out)]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and error.count("\n") == 1
+    assert not out.parent.exists()
+    # every run at one MMD: its correlation is undefined, null in a strict JSON file
+    assert sweep.main(["--base", str(base), *runs, "--out", str(out)]) == 0
+    numbers = json.loads((out.parent / "sweep.json").read_text(), parse_constant=strict)
+    assert numbers["verdicts"]["drift"][1]["mmd"] is None and numbers["fits"]["mmd"]["spearman"] is None
+    for name in ("report.md", "frontier.png", "drift_fits.png", "sweep.json"):  # none of them this tool's
+        folder = tmp_path / f"other_{name}"
+        folder.mkdir()
+        (folder / name).write_text("mine\n")
+        assert sweep.main(["--base", str(base), *runs, "--out", str(folder / "report.md")]) == 1
+        assert (folder / name).read_text() == "mine\n" and len(list(folder.iterdir())) == 1
+        assert "was not written by this tool" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sweep.parse_args(["--base", str(base), "ppo:a:0:x", "--out", str(out)])
-    lonely = runs[:-1]  # opd b has seed 0 only
-    assert sweep.main(["--base", str(base), *lonely, "--out", str(out)]) == 1
+
+
+def strict(constant):
+    raise ValueError(f"{constant} in a JSON file")

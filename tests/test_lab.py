@@ -392,8 +392,24 @@ def test_the_sweep_plans_each_objectives_grid_on_two_seeds_and_reuses_the_studys
     stress = report.command[report.command.index("--stress") + 1:report.command.index("--out")]
     assert stress == ["e5_lr1e-2_r32", "sft_stress"]
     assert len(plan) == 3 + 26 * 3 + 1
-    result = run_script("study.py", *common, "--sweep", "--seeds", "0")
-    assert result.returncode != 0 and "--sweep runs every setting with 2 seeds" in result.stderr
+    for flags, message in ((["--seeds", "0"], "--sweep runs every setting with 2 seeds"),
+                           (["--ablation"], "leave out --ablation")):
+        result = run_script("study.py", *common, "--sweep", *flags)
+        assert result.returncode != 0 and message in result.stderr and not tmp_path.joinpath("c").exists()
+
+
+def test_a_sweep_trains_the_teacher_its_opd_runs_need_and_does_not_measure_it(tmp_path, monkeypatch):
+    import study
+    monkeypatch.setattr(study, "SWEEP_LAB", {"sft": [("s2", ["--steps", "2"])], "rl": [("rl", None)],
+                                             "opd": [("s2", ["--steps", "2"])]})
+    args = study.parse_args(["--lab", "--sweep", "--ckpt-dir", str(tmp_path / "c"), "--results-dir",
+                             str(tmp_path / "r")])
+    described = [stage.description for stage in study.stages(args)]
+    trained = [name.removeprefix("train ") for name in described if name.startswith("train ")]
+    assert trained == ["sweep/sft_s2", "rl", "sft_stress", "sweep/opd_s2", "sweep/sft_s2_seed1", "rl_seed1",
+                       "sft_stress_seed1", "sweep/opd_s2_seed1"]
+    assert "evaluate sweep/opd_s2" in described and not any("sft_stress" in name for name in described
+                                                             if not name.startswith("train "))
 
 
 @pytest.mark.slow
