@@ -98,9 +98,9 @@ def finite(value):
     return value
 
 
-def rows(args) -> list:
-    """One row per run: objective, setting, seed, GSM8K accuracy, retention, forgetting, both drifts, checkpoint
-    bytes; every file is read and checked before anything is written."""
+def rows(args) -> tuple:
+    """(one row per run: objective, setting, seed, GSM8K accuracy, retention, forgetting, both drifts, checkpoint
+    bytes; the base's results); every file is read and checked before anything is written."""
     base = read_run(args.base)
     if "gsm8k" not in base["scores"]:
         raise ReportError(f"{args.base}: the base has no GSM8K score, the frontier's main task")
