@@ -86,6 +86,8 @@ def interval(samples) -> tuple:
     """The central LEVEL percentile interval of the finite samples."""
     samples = np.asarray(samples, dtype=float)
     samples = samples[np.isfinite(samples)]
+    if not len(samples):  # e.g. every draw's correlation undefined (a constant side)
+        return float("nan"), float("nan")
     tail = 50 * (1 - LEVEL)
     return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
 
@@ -141,7 +143,7 @@ def opd_side_verdict(rl, sft, opd, seed: int = 0) -> tuple:
     rl, sft, opd = (np.asarray(v, dtype=float) for v in (rl, sft, opd))
     fits = {"RL": quadratic_fit(rl[:, 0], rl[:, 1]), "SFT": quadratic_fit(sft[:, 0], sft[:, 1])}
     if None in fits.values():
-        raise ValueError("each curve needs runs at two forward KLs at least")
+        return "inconclusive", {"reason": "each curve needs runs at two forward KLs at least"}
     residuals = {side: np.abs(opd[:, 1] - curve(fit["coefficients"], opd[:, 0])) for side, fit in fits.items()}
     random = np.random.default_rng(seed)
     draws = [random.integers(0, len(opd), len(opd)) for _ in range(RESAMPLES)]

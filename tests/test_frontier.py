@@ -95,5 +95,7 @@ def test_opd_side_verdict_outcomes():
     assert numbers["RL"]["fit"]["coefficients"] == pytest.approx((0, 0.1, 0), abs=1e-12)
     assert frontier.opd_side_verdict(rl, sft, [(1, 0.3), (2, 0.6)])[0] == "SFT"
     assert frontier.opd_side_verdict(rl, sft, [(1, 0.2), (2, 0.4)])[0] == "inconclusive"  # halfway: equal
-    with pytest.raises(ValueError, match="two forward KLs"):
-        frontier.opd_side_verdict([(1, 0.1), (1, 0.2)], sft, [(1, 0.1)])
+    assert frontier.opd_side_verdict([(1, 0.1), (1, 0.2)], sft, [(1, 0.1)]) == (
+        "inconclusive", {"reason": "each curve needs runs at two forward KLs at least"})
+    # every draw's correlation undefined (forgetting the same in every run): no interval, no verdict
+    assert frontier.drift_verdict([0.1] * 4, [1, 2, 3, 4], [4, 3, 2, 1])[0] == "inconclusive"
