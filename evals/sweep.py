@@ -3,7 +3,8 @@ A sweep's report: what each objective buys for what it costs, over a grid of str
 writes the runs and calls this), with the frontier's verdicts by the rules in evals/frontier.py.
 
     python -m evals.sweep --base results/base sft:e1_lr1e-3_r8:0:results/sweep/sft_e1_lr1e-3_r8 \\
-        rl:rl:0:results/rl ... --stress sft_stress --out results/sweep/report.md
+        sft:sft_stress:0:results/sft_stress rl:rl:0:results/rl opd:opd_sft_stress:0:results/opd_sft_stress \\
+        --stress sft_stress --out results/sweep/report.md      # and every other run of the grid
 
 Each run is OBJECTIVE:SETTING:SEED:FOLDER (a folder with eval.json and drift.json); every objective needs runs,
 on the same seeds. Writes the report, its two figures (frontier.png, drift_fits.png) and every number as

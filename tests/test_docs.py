@@ -16,14 +16,15 @@ import rl
 import sample
 import sft
 import study
-from evals import __main__ as evaluate, drift, report
+from evals import __main__ as evaluate, drift, report, sweep
 from lab import pretrain, world
 from tools import bench, gpu_check, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSERS = {"sft.py": sft.parse_args, "rl.py": rl.parse_args, "opd.py": opd.parse_args, "sample.py": sample.parse_args,
            "study.py": study.parse_args, "evals": evaluate.parse_args, "evals.drift": drift.parse_args,
-           "evals.report": report.parse_args, "lab.world": world.parse_args, "lab.pretrain": pretrain.parse_args,
+           "evals.report": report.parse_args, "evals.sweep": sweep.parse_args,
+           "lab.world": world.parse_args, "lab.pretrain": pretrain.parse_args,
            "tools.tiny": tiny.parse_args, "tools.bench": bench.parse_args, "tools.gpu_check": gpu_check.parse_args}
 # a command in a code block (4 spaces; to the end of the line) or in `backticks` (to the closing tick, across lines)
 COMMAND = re.compile(r"^ {4}(?:\S+=\S+ )*((?:torchrun [^\n]*?|)python [^\n]*)|`((?:torchrun [^`]*?|)python [^`]*)`",
