@@ -3,7 +3,7 @@ The whole study in one command: base eval, mild and stress SFT, OPD from each SF
 and state drift of every run, and the report with the paper's Table 2 beside ours.
 
     python study.py --tiny                          # offline, CPU, a few minutes: every stage on a tiny model
-    python study.py --lab                           # the lab: a world and a base of our own, CPU, 30-80 minutes
+    python study.py --lab                           # the lab: a world and a base of our own, CPU, 35-100 minutes
     python study.py                                 # the real study: Qwen/Qwen3-0.6B-Base, one GPU
     python study.py --data-dir ../shared/data --seeds 0 1 2 --ablation
     python study.py --lab --sweep                   # each objective over a grid of strengths: the frontier

@@ -2,7 +2,7 @@
 Pretrain a small Qwen3 from scratch on a lab world's corpus (lab/world.py): the lab's base model.
 
     python -m lab.world --world-seed 0 --out ckpt/lab/world0/world
-    python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 10-30 minutes, 2 CPU cores
+    python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base     # 10-50 minutes, 2 CPU cores
     python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
 
 Why it exists: the paper's lesson is about whose states a model is trained on, and a base model's own

@@ -2,7 +2,7 @@
 The lab's world: a small synthetic world, generated from a seed, in which a Qwen3 that we pretrain
 ourselves on a CPU (lab/pretrain.py) has a main skill to improve and other skills to lose.
 
-    python -m lab.world --world-seed 0 --out ckpt/lab/world0/world      # 3 seconds
+    python -m lab.world --world-seed 0 --out ckpt/lab/world0/world      # 10 seconds
     python -m lab.pretrain --world ckpt/lab/world0/world --out ckpt/lab/world0/base
     python -m evals ckpt/lab/world0/base --data-dir ckpt/lab/world0/world
 
